@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make demo` (the main job on the bundled offline default)
+# and `make test` (the test suite). Both create the virtual environment on first use.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU/CUDA build of torch is chosen here; pinned so that installs are reproducible.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v java >/dev/null || { echo "error: Java (>= 8) is not on PATH. CIDEr needs it (pycocoevalcap's PTB tokenizer): apt-get install default-jre-headless"; exit 1; }
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: install
+	$(PY) -m vlm_eval --vlm tiny-random-llava --encoder tiny-random --task demo --n-samples all
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,67 @@
+"""Every card parses, names a known family / type / reader, and resolves by name and alias."""
+
+import pytest
+
+from vlm_eval import cards
+from vlm_eval.errors import CardError, UnknownNameError
+from vlm_eval.tasks import TASK_TYPES
+from vlm_eval.tasks.data import READERS
+from vlm_eval.vlms import VLM_FAMILIES
+
+ENCODERS = sorted(cards.all_cards("encoders"))
+TASKS = sorted(cards.all_cards("tasks"))
+VLMS = sorted(cards.all_cards("vlms"))
+
+
+def test_the_protocol_cards_exist():
+    assert {"openai", "tecoa2", "tecoa4", "fare2", "fare4", "simclip2", "simclip4"} <= set(ENCODERS)
+    assert {"coco", "flickr30k", "vqav2", "textvqa", "vizwiz", "okvqa"} <= set(TASKS)
+    assert "llava" in VLMS
+
+
+@pytest.mark.parametrize("alias,name", [("clip", "openai"), ("tecoa", "tecoa4"), ("fare", "fare4"), ("simclip", "simclip4")])
+def test_encoder_aliases(alias, name):
+    assert cards.load_card("encoders", alias).name == name
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_encoder_cards(name):
+    from vlm_eval.encoders import ENCODER_FAMILIES
+
+    card = cards.load_card("encoders", name)
+    assert card.family in ENCODER_FAMILIES
+    assert {"random", "path", "hf_hub"} & set(card.source)
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_task_cards(name):
+    card = cards.load_card("tasks", name)
+    assert card.type in TASK_TYPES and card.reader in READERS
+    assert card.obtain, "a task must say how to get its data"
+    TASK_TYPES.get(card.type)(card, {})  # the task type accepts the card
+
+
+@pytest.mark.parametrize("name", VLMS)
+def test_vlm_cards(name):
+    card = cards.load_card("vlms", name)
+    assert card.family in VLM_FAMILIES
+    assert (card.hf_id is None) != (card.build is None)
+
+
+def test_unknown_card_lists_names_and_aliases():
+    with pytest.raises(UnknownNameError) as err:
+        cards.load_card("encoders", "fare8")
+    assert "fare4" in str(err.value) and "simclip" in str(err.value)
+
+
+def test_malformed_cards_name_the_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("family: openclip\narch: x\nsource: {random: 0}\ncolour: blue\n")
+    with pytest.raises(CardError, match="bad.yaml.*colour"):
+        cards.parse_card("encoders", bad)
+    bad.write_text("family: [unclosed\n")
+    with pytest.raises(CardError, match="bad.yaml"):
+        cards.parse_card("encoders", bad)
+    bad.write_text("family: openclip\n")
+    with pytest.raises(CardError, match="bad.yaml"):
+        cards.parse_card("encoders", bad)

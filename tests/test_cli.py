@@ -1,0 +1,143 @@
+"""The CLI end to end on the bundled demo set and on VQA files written in the real formats."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vlm_eval.cli import main
+
+TINY = ["--vlm", "tiny-random-llava", "--encoder", "tiny-random", "--batch-size", "3"]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    assert main([*TINY, "--task", "demo", "--n-samples", "all", "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_demo_run_writes_a_self_describing_folder(demo_run):
+    summary = json.loads((demo_run / "summary.json").read_text())
+    assert summary["schema_version"] == 1
+    assert summary["n_samples"] == 8 and summary["n_skipped"] == 0
+    assert set(summary["metrics"]) == {"cider"} and summary["metrics"]["cider"] >= 0
+    prov = summary["provenance"]
+    assert prov["resolution"] == 224 and prov["precision"] == "fp32"
+    assert prov["encoder"]["name"] == "tiny-random" and prov["vlm"]["mode"] == "robust"
+    assert set(prov["cards"]) == {"tiny-random-llava", "tiny-random", "demo"}
+    assert prov["packages"]["torch"] != "not installed"
+    assert summary["config"]["resolved"]["task_card"] == "demo"
+
+    samples = read_jsonl(demo_run / "samples.jsonl")
+    assert [s["id"] for s in samples] == (demo_run / "subset_ids.txt").read_text().split()
+    assert all(len(s["references"]) == 5 and isinstance(s["output"], str) for s in samples)
+    # the corpus CIDEr is the mean of the per-sample scores
+    mean = sum(s["score"] for s in samples) / len(samples)
+    assert summary["metrics"]["cider"] == pytest.approx(mean, rel=1e-6)
+    assert json.loads((demo_run / "config.json").read_text())["task"] == "demo"
+
+
+def test_a_finished_run_is_never_overwritten(demo_run, capsys):
+    assert main([*TINY, "--task", "demo", "--n-samples", "2", "--output-dir", str(demo_run)]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_subset_is_seeded(tmp_path):
+    ids = []
+    for name, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        assert main([*TINY, "--task", "demo", "--n-samples", "3", "--seed", seed, "--output-dir", str(tmp_path / name)]) == 0
+        ids.append((tmp_path / name / "subset_ids.txt").read_text().split())
+    assert ids[0] == ids[1] and ids[0] != ids[2] and len(ids[0]) == 3
+
+
+def write_vqa_fixture(root: Path, n: int = 4, corrupt: int | None = None) -> None:
+    """VQAv2-format questions/annotations and COCO-named images under root, as the vqav2 card expects."""
+    (root / "vqav2").mkdir(parents=True)
+    images = root / "coco" / "val2014"
+    images.mkdir(parents=True)
+    questions, annotations = [], []
+    for i in range(n):
+        path = images / f"COCO_val2014_{i:012d}.jpg"
+        if i == corrupt:
+            path.write_bytes(b"not a jpeg at all")
+        else:
+            Image.new("RGB", (64, 48), (40 * i, 100, 200)).save(path)
+        questions.append({"image_id": i, "question": f"What colour is image {i}?", "question_id": 100 + i})
+        answers = ["blue"] * 7 + ["red"] * 3
+        annotations.append({"question_id": 100 + i, "image_id": i, "multiple_choice_answer": "blue",
+                            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(answers)]})
+    (root / "vqav2" / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"questions": questions}))
+    (root / "vqav2" / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": annotations}))
+
+
+def test_vqa_run_on_real_format_files(tmp_path):
+    write_vqa_fixture(tmp_path / "data")
+    out = tmp_path / "run"
+    code = main([*TINY, "--task", "vqav2", "--data-root", str(tmp_path / "data"), "--output-dir", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    samples = read_jsonl(out / "samples.jsonl")
+    assert summary["n_samples"] == 4 and set(summary["metrics"]) == {"vqa_accuracy"}
+    assert summary["config"]["resolved"]["vqa_normalize"] == "official"
+    assert all(s["references"] == ["blue"] * 7 + ["red"] * 3 and s["question"] for s in samples)
+    assert summary["metrics"]["vqa_accuracy"] == pytest.approx(sum(s["score"] for s in samples) / 4)
+
+
+def test_corrupt_image_is_skipped_and_counted_or_fatal_with_strict(tmp_path, capsys):
+    write_vqa_fixture(tmp_path / "data", corrupt=2)
+    args = [*TINY, "--task", "vqav2", "--data-root", str(tmp_path / "data")]
+    assert main([*args, "--output-dir", str(tmp_path / "lenient")]) == 0
+    summary = json.loads((tmp_path / "lenient" / "summary.json").read_text())
+    assert summary["n_samples"] == 3 and summary["n_skipped"] == 1
+    skipped = read_jsonl(tmp_path / "lenient" / "skipped.jsonl")
+    assert skipped[0]["id"] == "102" and "COCO_val2014_000000000002.jpg" in skipped[0]["reason"]
+
+    assert main([*args, "--strict", "--output-dir", str(tmp_path / "strict")]) == 2
+    assert "COCO_val2014_000000000002.jpg" in capsys.readouterr().err
+
+
+def test_missing_data_names_the_files_and_how_to_get_them(tmp_path, capsys):
+    assert main([*TINY, "--task", "coco", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "coco" / "dataset_coco.json") in err and "cocodataset.org" in err
+    assert "Traceback" not in err
+
+
+def test_missing_encoder_weights_say_where_and_how(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    args = ["--vlm", "tiny-random-llava", "--encoder", "fare", "--task", "demo", "--output-dir", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "chs20/fare4-clip" in err and "hf download" in err
+
+
+@pytest.mark.parametrize("flag,value,known", [("--encoder", "nope", "simclip4"), ("--task", "nope", "vqav2"), ("--vlm", "nope", "llava")])
+def test_unknown_names_list_the_known_ones(flag, value, known, capsys):
+    assert main([*TINY, flag, value]) == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and known in err
+
+
+def test_unknown_data_key_lists_the_card_files(capsys):
+    assert main([*TINY, "--task", "demo", "--data", "bogus=/x"]) == 2
+    assert "karpathy_json" in capsys.readouterr().err
+
+
+def test_list_shows_everything_without_importing_model_code():
+    code = (
+        "import sys; from vlm_eval.cli import main; main(['list']); "
+        "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for name in ("llava", "tiny-random-llava", "openai", "tecoa2", "fare4", "simclip4", "coco", "vqav2", "vizwiz"):
+        assert f"  {name} " in out
+    assert "simclip -> simclip4" in out and "clip -> openai" in out
+    assert "HEAVY []" in out

@@ -1,0 +1,39 @@
+"""Post-processing of raw generations per model style (LLaVA-1.5, OpenFlamingo)."""
+
+import pytest
+
+from vlm_eval.metrics import postprocess_caption, postprocess_vqa_answer
+
+
+def test_openflamingo_vqa_cuts_next_shot_and_list():
+    assert postprocess_vqa_answer(" yes Question: what is it?", "openflamingo") == "yes"
+    assert postprocess_vqa_answer("two dogs Short answer: 2", "openflamingo") == "two dogs"
+    assert postprocess_vqa_answer("red Answer: blue", "openflamingo") == "red"
+    # The first of the three words wins, wherever it is.
+    assert postprocess_vqa_answer("a Short b Question c", "openflamingo") == "a"
+    # Then only the part before the first ", " (with a space) is kept.
+    assert postprocess_vqa_answer("red, blue, green", "openflamingo") == "red"
+    assert postprocess_vqa_answer("3,000 ", "openflamingo") == "3,000"
+    # Case-sensitive, as in OpenFlamingo: "question" does not cut.
+    assert postprocess_vqa_answer("a question", "openflamingo") == "a question"
+
+
+def test_llava_vqa_applies_evalai_processor():
+    assert postprocess_vqa_answer("  Yes.\n", "llava") == "yes"
+    assert postprocess_vqa_answer("Two", "llava") == "2"
+    assert postprocess_vqa_answer("3,000", "llava") == "3000"
+    # EvalAI splits off a possessive "'s" before normalising.
+    assert postprocess_vqa_answer("The dog's bone?", "llava") == "dog 's bone"
+    assert postprocess_vqa_answer("Dont", "llava") == "don't"
+
+
+def test_captions():
+    raw = ' A "dog" on a beach.\nOutput: a cat'
+    assert postprocess_caption(raw, "openflamingo") == "A dog on a beach."
+    assert postprocess_caption("  A dog. Output\n", "llava") == "A dog. Output"
+
+
+@pytest.mark.parametrize("func", [postprocess_vqa_answer, postprocess_caption])
+def test_unknown_style_lists_valid_ones(func):
+    with pytest.raises(ValueError, match="llava, openflamingo"):
+        func("x", "blip")

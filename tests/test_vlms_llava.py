@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from vlm_eval.vlms.base import Batch
+from vlm_eval.vlms.prompts import VICUNA_SYSTEM, llava_prompt
+
+PROMPTS = [
+    llava_prompt("caption"),
+    llava_prompt("vqa", "What colour is the shape?"),
+    llava_prompt("vizwiz", "How many?"),
+]
+TARGETS = ["a red circle on a striped background", "blue", "3"]
+
+
+def make_batch(vlm, n=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(n, 3, vlm.image_size, vlm.image_size, generator=gen)
+    return Batch([str(i) for i in range(n)], pixels, PROMPTS[:n])
+
+
+def test_prompts_follow_the_vicuna_template():
+    assert llava_prompt("caption") == (
+        f"{VICUNA_SYSTEM} USER: <image>\nProvide a short caption for this image. ASSISTANT:"
+    )
+    assert llava_prompt("vqa", "Why?").endswith("Why?\nAnswer the question using a single word or phrase. ASSISTANT:")
+    assert "respond with 'Unanswerable'.\nAnswer the question" in llava_prompt("vizwiz", "Why?")
+
+
+@pytest.mark.parametrize("model", ["tiny_llava", "tiny_robust_llava"])
+def test_batch_size_does_not_change_outputs_or_losses(model, request):
+    vlm = request.getfixturevalue(model)
+    batch = make_batch(vlm)
+    together = vlm.generate(batch, max_new_tokens=6)
+    alone = [vlm.generate(Batch([i], batch.pixels[k : k + 1], [batch.prompts[k]]), 6)[0] for k, i in enumerate(batch.ids)]
+    assert together == alone
+    assert len(set(together)) > 1, "outputs should depend on the image and prompt"
+
+    losses = vlm.loss_closure(batch, TARGETS)(batch.pixels)
+    for k in range(3):
+        single = Batch([batch.ids[k]], batch.pixels[k : k + 1], [batch.prompts[k]])
+        loss = vlm.loss_closure(single, [TARGETS[k]])(single.pixels)
+        assert loss.item() == pytest.approx(losses[k].item(), abs=1e-5)
+
+
+def test_gradients_reach_the_pixels_and_stay_per_sample(tiny_robust_llava):
+    vlm = tiny_robust_llava
+    batch = make_batch(vlm)
+    x = batch.pixels.clone().requires_grad_(True)
+    loss = vlm.loss_closure(batch, TARGETS)(x)
+    assert loss.shape == (3,)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    assert grad.abs().sum(dim=(1, 2, 3)).min() > 0
+
+    # the loss of sample 0 does not depend on the pixels of sample 1
+    (grad0,) = torch.autograd.grad(vlm.loss_closure(batch, TARGETS)(x)[0], x)
+    assert grad0[1:].abs().max() == 0
+
+
+def test_loss_is_the_cross_entropy_of_the_target_tokens_only(tiny_llava):
+    """Same value as transformers' own `labels=` loss, with prompt and image tokens masked."""
+    vlm = tiny_llava
+    batch = make_batch(vlm, n=1)
+    prompt_ids, target_ids = vlm.target_ids(batch.prompts[0], TARGETS[0])
+    assert target_ids[-1] == vlm.eos_id
+    ids = torch.tensor([prompt_ids + target_ids])
+    labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
+    expected = vlm.model(input_ids=ids, pixel_values=vlm.normalize(batch.pixels), labels=labels).loss
+    ours = vlm.loss_closure(batch, TARGETS[:1])(batch.pixels)
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-6)
+
+    other = vlm.loss_closure(batch, ["something else entirely"])(batch.pixels)
+    assert other.item() != pytest.approx(ours.item(), rel=1e-3)
+
+
+def test_robust_mode_swaps_the_tower_and_counts_image_tokens(tiny_llava, tiny_robust_llava, tiny_encoder):
+    assert tiny_llava.describe()["mode"] == "native" and tiny_llava.image_size == 336
+    robust = tiny_robust_llava.describe()
+    assert robust == {"mode": "robust", "image_size": 224, "image_tokens": (224 // 32) ** 2}
+    ids = tiny_robust_llava.prompt_ids(PROMPTS[0])
+    assert ids.count(tiny_robust_llava.image_token_id) == 49
+    tower = tiny_robust_llava.model.model.vision_tower
+    conv1 = tiny_encoder.visual.conv1.weight
+    assert torch.equal(tower.embeddings.patch_embedding.weight, conv1)
+
+
+def test_wrong_image_size_is_refused(tiny_robust_llava):
+    with pytest.raises(ValueError, match="224x224"):
+        tiny_robust_llava.normalize(torch.rand(1, 3, 336, 336))
+
+
+def test_encoder_of_another_width_is_refused(tiny_encoder):
+    from vlm_eval import cards
+    from vlm_eval.errors import CheckpointError
+    from vlm_eval.vlms.llava import load_llava
+
+    card = cards.load_card("vlms", "tiny-random-llava")
+    wide = dict(card.build, text=card.build["text"])
+    wide["vision"] = dict(card.build["vision"], hidden_size=96, num_attention_heads=3)
+    wide_card = type(card)(**{**card.__dict__, "build": wide})
+    with pytest.raises(CheckpointError, match="width 64 does not fit"):
+        load_llava(wide_card, tiny_encoder, dtype=torch.float32, device="cpu")

@@ -1,0 +1,123 @@
+"""Cards: small YAML files that describe encoders, VLMs and tasks (the data, not the code).
+
+Cards live in the top-level folders `encoders/`, `vlms/` and `tasks/` of the repository. A card's
+file name is its name; `aliases` adds other names. Loading a card never imports model code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlm_eval.errors import CardError, UnknownNameError
+
+CARD_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class EncoderCard:
+    """A CLIP vision encoder and where its weights come from."""
+
+    name: str
+    family: str  # module that serves it, e.g. "openclip"
+    arch: str  # open_clip model name, e.g. "ViT-L-14-quickgelu"
+    source: dict[str, Any]  # {hf_hub, filename, format} | {path, format} | {random: seed}
+    description: str = ""
+    paper: str = ""
+    trained_eps: str | None = None  # the l-inf radius it was fine-tuned for, e.g. "4/255"
+    image_size: int = 224
+    aliases: tuple[str, ...] = ()
+    arch_config: dict[str, Any] | None = None  # open_clip model config for architectures open_clip lacks
+    card_path: str | None = None
+
+
+@dataclass(frozen=True)
+class VlmCard:
+    """A vision-language model: the family that serves it and its weights."""
+
+    name: str
+    family: str  # e.g. "llava"
+    hf_id: str | None = None  # transformers checkpoint; None for random-weight builds
+    description: str = ""
+    build: dict[str, Any] | None = None  # architecture of a random-weight model (tests, demo)
+    aliases: tuple[str, ...] = ()
+    card_path: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    """An evaluation task: its data files, reader, prompt and metric."""
+
+    name: str
+    type: str  # "captioning" | "vqa"
+    reader: str  # "karpathy" | "vqa"
+    files: dict[str, str]  # reader inputs, relative to the data root (or absolute)
+    prompt: str  # prompt name understood by the VLM adapter, e.g. "caption", "vqa", "vizwiz"
+    description: str = ""
+    split: str = "test"
+    image_file: str | None = None  # template from an annotation to an image file name
+    obtain: str = ""  # how to get the data, shown when it is missing
+    max_new_tokens: int = 20
+    data_root: str | None = None  # a task's own root (bundled data); else --data-root
+    aliases: tuple[str, ...] = ()
+    card_path: str | None = None
+
+
+CARD_TYPES = {"encoders": EncoderCard, "vlms": VlmCard, "tasks": TaskCard}
+
+
+def card_dir(kind: str) -> Path:
+    return CARD_ROOT / kind
+
+
+def parse_card(kind: str, path: Path) -> Any:
+    """Read one card file into its dataclass, with errors that name the file and the field."""
+    cls = CARD_TYPES[kind]
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CardError(f"cannot read card {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CardError(f"card {path} must be a YAML mapping")
+    raw.setdefault("name", path.stem)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - (known - {"card_path"}))
+    if unknown:
+        raise CardError(f"card {path}: unknown field(s) {unknown}; allowed: {sorted(known - {'card_path'})}")
+    raw["aliases"] = tuple(raw.get("aliases", ()))
+    raw["card_path"] = str(path)
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise CardError(f"card {path}: {exc}") from exc
+
+
+def all_cards(kind: str) -> dict[str, Any]:
+    """Every card of a kind, keyed by name."""
+    return {p.stem: parse_card(kind, p) for p in sorted(card_dir(kind).glob("*.yaml"))}
+
+
+def aliases(kind: str) -> dict[str, str]:
+    """alias -> card name, for every alias of every card of a kind."""
+    table: dict[str, str] = {}
+    for name, card in all_cards(kind).items():
+        for alias in card.aliases:
+            if alias in table:
+                raise CardError(f"alias {alias!r} is claimed by both {table[alias]} and {name}")
+            table[alias] = name
+    return table
+
+
+def load_card(kind: str, name: str) -> Any:
+    """The card called `name` (or aliased so) among `kind` ("encoders", "vlms", "tasks")."""
+    name = aliases(kind).get(name, name)
+    path = card_dir(kind) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(all_cards(kind)) + sorted(aliases(kind))
+        singular = kind.rstrip("s")
+        raise UnknownNameError(f"unknown {singular} {name!r}; known: {', '.join(known)}")
+    return parse_card(kind, path)

@@ -1,0 +1,153 @@
+"""Command line: `python -m vlm_eval [options]` evaluates; `python -m vlm_eval list` shows what is known.
+
+Examples:
+    python -m vlm_eval --vlm llava --encoder simclip --task coco
+    python -m vlm_eval --vlm tiny-random-llava --encoder tiny-random --task demo
+    python -m vlm_eval list
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from vlm_eval.config import PRECISIONS, RESOLUTIONS, EvalConfig
+from vlm_eval.errors import VlmEvalError
+
+log = logging.getLogger("vlm_eval")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 2 user error, 130 interrupted)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["list"]:
+            return list_command(argv[1:])
+        return eval_command(argv)
+    except VlmEvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    defaults = EvalConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m vlm_eval",
+        description="Evaluate a VLM with a (robust) CLIP encoder swapped in. `python -m vlm_eval list` shows "
+        "the VLMs, encoders and tasks.",
+    )
+    p.add_argument("--vlm", default=defaults.vlm, help="VLM card (default %(default)s)")
+    p.add_argument("--encoder", default=defaults.encoder,
+                   help="encoder card or alias (openai/clip, tecoa2, tecoa4/tecoa, fare2, fare4/fare, simclip2, "
+                        "simclip4/simclip), a checkpoint path, or hf-hub:org/name (default %(default)s)")
+    p.add_argument("--task", default=defaults.task, help="task card (default %(default)s)")
+    p.add_argument("--n-samples", type=_n_samples, default=defaults.n_samples,
+                   help="size of the seeded subset, or 'all' (default %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="subset seed (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
+    p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                   help="weights' dtype; auto = fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--resolution", type=int, choices=RESOLUTIONS, default=defaults.resolution,
+                   help="224: robust-encoder protocol (the encoder replaces the tower, 256 image tokens); "
+                        "336: LLaVA's native tower (default %(default)s)")
+    p.add_argument("--data-root", help="folder with the task's files (default ./data)")
+    p.add_argument("--data", action="append", default=[], metavar="KEY=PATH",
+                   help="override one file of the task card, e.g. --data image_dir=/data/coco/val2014")
+    p.add_argument("--output-dir", help="run folder (default results/<task>-<vlm>-<encoder>-<time>)")
+    p.add_argument("--weights-dir", help="extra folder searched for encoder checkpoints")
+    p.add_argument("--encoder-arch", default=defaults.encoder_arch,
+                   help="open_clip architecture of an encoder given as a path (default %(default)s)")
+    p.add_argument("--allow-download", action="store_true", help="let missing weights be downloaded from the hub")
+    p.add_argument("--strict", action="store_true", help="stop at a bad sample instead of skipping it")
+    p.add_argument("--vqa-normalize", choices=("official", "always"), default=defaults.vqa_normalize,
+                   help="official VQA answer normalisation, or 'always' (as OpenFlamingo / RobustVLM)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def eval_command(argv: list[str]) -> int:
+    args = eval_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    config = EvalConfig(
+        vlm=args.vlm, encoder=args.encoder, task=args.task, n_samples=args.n_samples, seed=args.seed,
+        batch_size=args.batch_size, precision=args.precision, device=args.device, resolution=args.resolution,
+        data_root=args.data_root, data=dict(_key_value(kv) for kv in args.data), output_dir=args.output_dir,
+        weights_dir=args.weights_dir, allow_download=args.allow_download, strict=args.strict,
+        vqa_normalize=args.vqa_normalize, encoder_arch=args.encoder_arch,
+    )
+    if not config.allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
+
+    from vlm_eval.runner import run
+
+    run_dir = run(config)
+    print(summary_table(run_dir))
+    return 0
+
+
+def summary_table(run_dir: Path) -> str:
+    """A few lines for the terminal: what ran, how many samples, the scores."""
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config, prov = summary["config"], summary["provenance"]
+    lines = [
+        "",
+        f"run folder  {run_dir}",
+        f"task        {config['resolved']['task_card']}   samples {summary['n_samples']}   skipped {summary['n_skipped']}",
+        f"model       {config['resolved']['vlm_card']} + {config['resolved']['encoder_card'] or 'native tower'}"
+        f"   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
+    ]
+    lines += [f"{name:<12}{value:.2f}" if value is not None else f"{name:<12}n/a" for name, value in summary["metrics"].items()]
+    if _random_weights(config):
+        lines.append("NOTE: random-weight models: these scores are meaningless; they only show the pipeline runs.")
+    return "\n".join(lines)
+
+
+def _random_weights(config: dict) -> bool:
+    from vlm_eval import cards
+
+    vlm = cards.load_card("vlms", config["resolved"]["vlm_card"])
+    name = config["resolved"]["encoder_card"]
+    encoder_cards = cards.all_cards("encoders")
+    encoder_random = name in encoder_cards and "random" in encoder_cards[name].source
+    return vlm.build is not None or encoder_random
+
+
+def list_command(argv: list[str]) -> int:
+    """Print the VLMs, encoders and tasks with whether their weights / data are present locally."""
+    p = argparse.ArgumentParser(prog="python -m vlm_eval list")
+    p.add_argument("--data-root", help="folder with the tasks' files (default ./data)")
+    p.add_argument("--weights-dir", help="extra folder searched for encoder checkpoints")
+    args = p.parse_args(argv)
+    from vlm_eval.listing import listing
+
+    print(listing(args.data_root and Path(args.data_root), args.weights_dir and Path(args.weights_dir)))
+    return 0
+
+
+def _n_samples(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise VlmEvalError(f"--data expects KEY=PATH (a file key of the task card), got {text!r}")
+    return key, value
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,45 @@
+"""The evaluation configuration: one dataclass, filled by the CLI, saved with the results."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vlm_eval.errors import VlmEvalError
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+RESOLUTIONS = (224, 336)  # 224: robust-encoder protocol (encoder swapped in); 336: LLaVA's native tower
+
+
+@dataclass
+class EvalConfig:
+    vlm: str = "llava"  # VLM card name or alias
+    encoder: str = "openai"  # encoder card name, alias, checkpoint path or hf-hub:org/name
+    task: str = "coco"  # task card name or alias
+    n_samples: int | None = 500  # seeded subset of the split; None evaluates all of it
+    seed: int = 42  # subset seed (the FARE / Sim-CLIP evaluations use 42)
+    batch_size: int = 8
+    precision: str = "auto"  # weights' dtype; auto = fp16 on CUDA (as the reference code), fp32 on CPU
+    device: str = "auto"  # auto = cuda when available, else cpu
+    resolution: int = 224
+    data_root: str | None = None  # folder holding the task's files (default ./data)
+    data: dict[str, str] = field(default_factory=dict)  # per-file overrides: card file key -> path
+    output_dir: str | None = None  # default results/<task>-<vlm>-<encoder>-<time>
+    weights_dir: str | None = None  # extra folder searched for encoder checkpoints
+    allow_download: bool = False  # offline unless asked
+    strict: bool = False  # fail on a bad sample instead of skipping it
+    vqa_normalize: str = "official"  # "official" VQA answer normalisation, or "always" (OpenFlamingo's)
+    encoder_arch: str = "ViT-L-14-quickgelu"  # architecture of an encoder given as a path
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise VlmEvalError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.resolution not in RESOLUTIONS:
+            raise VlmEvalError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
+        if self.batch_size < 1:
+            raise VlmEvalError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.n_samples is not None and self.n_samples < 1:
+            raise VlmEvalError(f"--n-samples must be >= 1, got {self.n_samples}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

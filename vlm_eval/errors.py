@@ -1,0 +1,40 @@
+"""User-facing errors.
+
+Every error a user can cause (a missing file, a bad card, a wrong checkpoint) is a `VlmEvalError`
+whose message names the culprit and the fix. The CLI prints the message without a traceback.
+"""
+
+
+class VlmEvalError(Exception):
+    """Base class of errors whose message is meant for the user."""
+
+
+class UnknownNameError(VlmEvalError, KeyError):
+    """A name (encoder, VLM, task, attack, ...) that no registry or card knows."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class MissingResourceError(VlmEvalError):
+    """Weights or data that are not present locally."""
+
+
+class DataError(VlmEvalError):
+    """A malformed annotation file or an unreadable image."""
+
+
+class BadSampleError(DataError):
+    """One sample cannot be used (missing or corrupt image); the run may skip it."""
+
+    def __init__(self, sample_id: str, message: str):
+        super().__init__(f"sample {sample_id}: {message}")
+        self.sample_id = sample_id
+
+
+class CheckpointError(VlmEvalError):
+    """A checkpoint that does not match the architecture it is loaded into."""
+
+
+class CardError(VlmEvalError):
+    """A card (YAML) that does not follow its schema."""

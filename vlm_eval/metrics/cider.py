@@ -1,0 +1,172 @@
+"""CIDEr-D on raw captions, computed exactly as pycocoevalcap's ``COCOEvalCap`` does.
+
+Pipeline: pycocoevalcap's ``PTBTokenizer`` (Stanford CoreNLP 3.4.1, run with Java; lower-cases
+and drops punctuation tokens) on the references and, separately, on the candidates, then
+pycocoevalcap's ``Cider`` (CIDEr-D: sigma=6 length penalty, clipped counts, x10). Scores are
+reported x100 like most papers. CIDEr's idf comes from the references of the set being scored,
+so per-item scores depend on the whole set: score everything in one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from typing import IO, TypeVar
+
+from vlm_eval.errors import MissingResourceError, VlmEvalError
+
+__all__ = ["cider", "require_java"]
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+
+# Characters other than "\n" that CoreNLP's PTBTokenizer treats as line ends (checked with the
+# bundled 3.4.1 jar). PTBTokenizer replaces only "\n"; any of these would shift every following
+# caption by a line, so they are turned into spaces first.
+_EXTRA_LINE_BREAKS = str.maketrans({c: " " for c in "\r\x0b\x0c\u2028\u2029"})
+
+_JAVA_HELP = (
+    "CIDEr needs Java for pycocoevalcap's PTB tokenizer, but no `java` executable is on PATH. "
+    "Install one (e.g. `apt-get install default-jre-headless`) or put any Java >= 8 on PATH."
+)
+
+
+def require_java() -> None:
+    """Check that a ``java`` executable is on PATH, which CIDEr's PTB tokenizer runs.
+
+    Raises:
+        MissingResourceError: If Java is not found, with install instructions.
+    """
+    if shutil.which("java") is None:
+        raise MissingResourceError(_JAVA_HELP)
+
+
+def _preview(ids: Sequence[Hashable], limit: int = 5) -> str:
+    """Format a few ids for an error message."""
+    shown = ", ".join(repr(i) for i in sorted(ids, key=repr)[:limit])
+    more = f", ... ({len(ids)} in all)" if len(ids) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def _check_inputs(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> None:
+    """Validate ids and types; raise a ValueError/TypeError that names the culprits."""
+    missing = [k for k in refs if k not in cands]
+    extra = [k for k in cands if k not in refs]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} id(s) of refs have no candidate: {_preview(missing)}")
+        if extra:
+            parts.append(f"{len(extra)} candidate id(s) have no refs: {_preview(extra)}")
+        if {str(k) for k in missing} & {str(k) for k in extra}:
+            parts.append("some ids differ only in type (e.g. int 1 vs str '1')")
+        raise ValueError("cider: refs and cands must have the same ids; " + "; ".join(parts))
+    if not refs:
+        raise ValueError("cider: nothing to score (refs and cands are empty)")
+    for key, ref_list in refs.items():
+        if isinstance(ref_list, str) or not all(isinstance(r, str) for r in ref_list):
+            raise TypeError(f"cider: refs[{key!r}] must be a list of strings, got {ref_list!r}")
+        if len(ref_list) == 0:
+            raise ValueError(f"cider: refs[{key!r}] is empty; every item needs a reference")
+    for key, cand in cands.items():
+        if not isinstance(cand, str):
+            raise TypeError(f"cider: cands[{key!r}] must be a string, got {type(cand).__name__}")
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[IO[bytes] | None]:
+    """Send file descriptor 2 to a temporary file for the duration (Java's chatter goes there).
+
+    Yields the file (to read back) or None when fd 2 cannot be redirected, e.g. when it is closed.
+    """
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield None
+            return
+        try:
+            os.dup2(sink.fileno(), 2)
+            yield sink
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _ptb_tokenize(captions: dict[K, list[str]]) -> dict[K, list[str]]:
+    """Tokenise captions with pycocoevalcap's PTBTokenizer, quietly, and check the result."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    coco_style = {
+        key: [{"caption": c.translate(_EXTRA_LINE_BREAKS)} for c in caps]
+        for key, caps in captions.items()
+    }
+    java_output = ""
+    try:
+        with _stderr_captured() as sink:
+            tokenized = PTBTokenizer().tokenize(coco_style)
+            if sink is not None:
+                sink.seek(0)
+                java_output = sink.read().decode(errors="replace").strip()
+    except PermissionError as err:
+        # PTBTokenizer writes its input file next to its jar inside the installed package.
+        raise VlmEvalError(
+            f"pycocoevalcap's PTB tokenizer could not write its temporary file ({err}); "
+            "make the pycocoevalcap/tokenizer directory of the environment writable"
+        ) from err
+    if java_output:
+        logger.debug("PTBTokenizer (Java) said: %s", java_output)
+    # PTBTokenizer ignores Java's exit status; a crash shows up as missing lines or a trace.
+    lost_lines = any(len(tokenized.get(k, ())) != len(v) for k, v in captions.items())
+    if lost_lines or "Exception" in java_output:
+        raise VlmEvalError(
+            "pycocoevalcap's PTB tokenizer (Java) failed; "
+            f"Java said: {java_output[-2000:] or '(nothing)'}"
+        )
+    return tokenized
+
+
+def cider(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> tuple[float, dict[K, float]]:
+    """Compute CIDEr-D (x100) of candidate captions against reference captions.
+
+    Equal to ``COCOEvalCap(...).eval["CIDEr"] * 100`` for the same data: both sides are
+    tokenised with pycocoevalcap's PTBTokenizer, then scored with its ``Cider``. The corpus
+    score is the mean of the per-item scores. Because CIDEr's idf is computed from the refs of
+    the evaluated set, a single-item set always scores 0 and per-item scores change with the set.
+
+    Args:
+        refs: Raw (untokenised) reference captions per id; int and str ids both work.
+        cands: One raw candidate caption per id, same ids as ``refs``; may be empty strings.
+
+    Returns:
+        ``(corpus_score, per_item)``, with per-item scores under the caller's ids.
+
+    Raises:
+        ValueError: If the ids of ``refs`` and ``cands`` differ (names some of them), either is
+            empty, or an item has no reference.
+        TypeError: If a caption is not a string.
+        MissingResourceError: If Java (needed by the PTB tokenizer) is not on PATH.
+        VlmEvalError: If the tokenizer fails.
+    """
+    _check_inputs(refs, cands)
+    require_java()
+    from pycocoevalcap.cider.cider import Cider
+
+    ids = list(refs)  # one fixed order for both dicts, so the two score lists line up
+    # Tokenised separately, as COCOEvalCap does.
+    gts = _ptb_tokenize({k: list(refs[k]) for k in ids})
+    res = _ptb_tokenize({k: [cands[k]] for k in ids})
+    if not any(ref.split() for k in ids for ref in gts[k]):
+        # pycocoevalcap would fail on max() of an empty document-frequency table.
+        raise ValueError("cider: every reference caption is empty after PTB tokenisation")
+    corpus, per_item = Cider().compute_score({k: gts[k] for k in ids}, {k: res[k] for k in ids})
+    scores = {k: float(s) * 100.0 for k, s in zip(ids, per_item)}
+    return float(corpus) * 100.0, scores

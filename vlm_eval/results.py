@@ -1,0 +1,73 @@
+"""The run folder: everything a report needs, without rerunning anything.
+
+    RUN_DIR/config.json     the resolved configuration
+    RUN_DIR/subset_ids.txt  the evaluated sample ids, in order
+    RUN_DIR/samples.jsonl   one JSON object per sample: id, output, references, score, ...
+    RUN_DIR/skipped.jsonl   samples that could not be evaluated, with the reason
+    RUN_DIR/summary.json    schema version, config, provenance, counts and metrics (x100)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+PACKAGES = ("vlm-robust-eval", "torch", "transformers", "open_clip_torch", "pycocoevalcap", "accelerate")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_revision(repo: Path) -> str:
+    """The commit of the toolkit's checkout, with "+dirty" when it has local changes."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def summary(config: dict, provenance: dict, n_samples: int, n_skipped: int, metrics: dict[str, float]) -> dict:
+    """The summary.json object; NaN metrics (nothing scored) become null."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "config": config,
+        "provenance": provenance,
+        "n_samples": n_samples,
+        "n_skipped": n_skipped,
+        "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
+    }

@@ -1,0 +1,34 @@
+"""Image captioning scored with CIDEr (COCO, Flickr30k)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlm_eval.metrics import cider, require_java
+from vlm_eval.metrics.answers import postprocess_caption
+
+
+class Captioning:
+    """Captioning task type: one caption per image, CIDEr over the whole evaluated set."""
+
+    metric = "cider"
+
+    def __init__(self, card: Any, options: dict[str, Any]):
+        self.card = card
+
+    def check_requirements(self) -> None:
+        require_java()  # fail before hours of generation, not after
+
+    def prompt_args(self, sample: Any) -> tuple[str, str | None]:
+        return self.card.prompt, None
+
+    def postprocess(self, text: str) -> str:
+        return postprocess_caption(text, "llava")
+
+    def score(self, references: dict[str, list[str]], outputs: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
+        """(corpus metrics on the x100 scale, per-sample CIDEr relative to this set)."""
+        corpus, per_item = cider(references, outputs)
+        return {"cider": corpus}, per_item
+
+    def options(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,69 @@
+"""From a task card and a data root to the task's samples, with a clear error when data is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlm_eval.errors import MissingResourceError, UnknownNameError
+from vlm_eval.registry import Registry
+
+READERS = Registry("data reader")
+
+DEFAULT_DATA_ROOT = Path("data")
+
+
+def task_files(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> dict[str, Path]:
+    """The card's data files as paths: overrides win, then the card's own root, then `data_root`."""
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(card.files))
+    if unknown:
+        raise UnknownNameError(
+            f"task {card.name!r} has no data file {unknown[0]!r}; its files are: {', '.join(sorted(card.files))}"
+        )
+    root = _card_root(card) or Path(data_root or DEFAULT_DATA_ROOT)
+    return {key: Path(overrides.get(key) or root / rel).expanduser() for key, rel in card.files.items()}
+
+
+def missing_files(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> list[Path]:
+    return [p for p in task_files(card, data_root, overrides).values() if not p.exists()]
+
+
+def check_task_data(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> dict[str, Path]:
+    """The task's files, or a `MissingResourceError` listing what is missing and how to get it."""
+    files = task_files(card, data_root, overrides)
+    missing = [f"  {key}: {path}" for key, path in files.items() if not path.exists()]
+    if missing:
+        raise MissingResourceError(
+            f"task {card.name!r}: data not found:\n" + "\n".join(missing) + "\n"
+            f"Set --data-root (the folder holding them), or a single file with --data KEY=PATH.\n"
+            f"How to get it: {card.obtain}"
+        )
+    return files
+
+
+def read_task_samples(card: Any, files: dict[str, Path]) -> list[Any]:
+    """All samples of the task's split, through the reader the card names."""
+    return READERS.get(card.reader)(card, files)
+
+
+@READERS.register("karpathy")
+def _read_karpathy(card: Any, files: dict[str, Path]) -> list[Any]:
+    from vlm_eval.data import read_karpathy_captions
+
+    return read_karpathy_captions(
+        files["karpathy_json"], files["image_dir"], split=card.split, references_json=files.get("references_json")
+    )
+
+
+@READERS.register("vqa")
+def _read_vqa(card: Any, files: dict[str, Path]) -> list[Any]:
+    from vlm_eval.data import read_vqa
+
+    return read_vqa(files["questions_json"], files["annotations_json"], files["image_dir"], card.image_file)
+
+
+def _card_root(card: Any) -> Path | None:
+    if card.data_root is None:
+        return None
+    return (Path(card.card_path).parent / card.data_root).resolve()

@@ -1,0 +1,38 @@
+"""Visual question answering scored with the official VQA accuracy (VQAv2, OK-VQA, TextVQA, VizWiz)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlm_eval.metrics import VQA_NORMALIZE_MODES, vqa_accuracy
+from vlm_eval.metrics.answers import postprocess_vqa_answer
+
+
+class VQA:
+    """VQA task type: short answers scored against the human answers of each question."""
+
+    metric = "vqa_accuracy"
+
+    def __init__(self, card: Any, options: dict[str, Any]):
+        self.card = card
+        self.normalize = options.get("vqa_normalize", "official")
+        if self.normalize not in VQA_NORMALIZE_MODES:
+            raise ValueError(f"unknown VQA normalisation {self.normalize!r}; known: {', '.join(VQA_NORMALIZE_MODES)}")
+
+    def check_requirements(self) -> None:
+        pass
+
+    def prompt_args(self, sample: Any) -> tuple[str, str | None]:
+        return self.card.prompt, sample.question
+
+    def postprocess(self, text: str) -> str:
+        return postprocess_vqa_answer(text, "llava")
+
+    def score(self, references: dict[str, list[str]], outputs: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
+        """(mean accuracy, per-question accuracy), both on the x100 scale."""
+        per_item = {i: 100.0 * vqa_accuracy(outputs[i], references[i], normalize=self.normalize) for i in outputs}
+        mean = sum(per_item.values()) / len(per_item) if per_item else float("nan")
+        return {"vqa_accuracy": mean}, per_item
+
+    def options(self) -> dict[str, Any]:
+        return {"vqa_normalize": self.normalize}

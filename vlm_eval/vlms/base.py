@@ -1,0 +1,31 @@
+"""What every VLM adapter takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]  # pixels (B, 3, H, W) in [0, 1] -> loss (B,)
+
+
+@dataclass
+class Batch:
+    """A batch of samples as a VLM sees them."""
+
+    ids: list[str]
+    pixels: torch.Tensor  # (B, 3, H, W), float, values in [0, 1], not normalised
+    prompts: list[str]  # one formatted prompt per sample, each with exactly one "<image>"
+
+
+class VLM(Protocol):
+    image_size: int
+
+    def format_prompt(self, kind: str, question: str | None = None) -> str: ...
+
+    def generate(self, batch: Batch, max_new_tokens: int) -> list[str]: ...
+
+    def loss_closure(self, batch: Batch, targets: list[str]) -> LossFn: ...
+
+    def describe(self) -> dict: ...

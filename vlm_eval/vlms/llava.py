@@ -1,0 +1,206 @@
+"""LLaVA-1.5 adapter over transformers' `LlavaForConditionalGeneration`.
+
+Two modes:
+  * robust protocol (FARE / Sim-CLIP papers): the vision tower is replaced by a converted open_clip
+    encoder at 224 px; layer -2, CLS dropped, so 256 image tokens enter the unchanged projector;
+  * native: the checkpoint's own tower (CLIP ViT-L/14 at 336 px, 576 image tokens).
+
+Pixels enter in [0, 1] (the attack's space); the CLIP mean/std normalisation happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig
+
+from vlm_eval.data.images import CLIP_MEAN, CLIP_STD
+from vlm_eval.errors import CheckpointError, MissingResourceError
+from vlm_eval.vlms.base import Batch, LossFn
+from vlm_eval.vlms.prompts import IMAGE_PLACEHOLDER, llava_prompt
+
+log = logging.getLogger(__name__)
+
+
+class LlavaAdapter:
+    """Batched generation and per-sample teacher-forced losses for one LLaVA model.
+
+    Args:
+        model: a `LlavaForConditionalGeneration`, already on its device and in its dtype.
+        tokenizer: its tokenizer; must know the `<image>` token.
+        mode: "robust" (swapped 224-px encoder) or "native"; recorded in results.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, mode: str):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.mode = mode
+        tower = model.model.vision_tower.config
+        self.image_size = tower.image_size
+        self.n_image_tokens = (tower.image_size // tower.patch_size) ** 2
+        self.image_token_id = model.config.image_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        device = next(model.parameters()).device
+        self._mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def format_prompt(self, kind: str, question: str | None = None) -> str:
+        return llava_prompt(kind, question)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels (B, 3, H, W) -> CLIP-normalised pixel values in the model's dtype."""
+        if pixels.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(pixels.shape[-2:])}")
+        return ((pixels.to(self.device) - self._mean) / self._std).to(self.dtype)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of a prompt, its single `<image>` expanded to one id per image token."""
+        ids = self.tokenizer(prompt).input_ids
+        if ids.count(self.image_token_id) != 1:
+            raise ValueError(f"a LLaVA prompt needs exactly one {IMAGE_PLACEHOLDER}: {prompt!r}")
+        at = ids.index(self.image_token_id)
+        return ids[:at] + [self.image_token_id] * self.n_image_tokens + ids[at + 1 :]
+
+    def target_ids(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, target ids + EOS) as the tokenizer splits "prompt target" in one piece.
+
+        Tokenising the whole conversation, then cutting at the longest common prefix with the
+        prompt alone, matches how the answer is tokenised when LLaVA itself generates it.
+        """
+        prompt_ids = self.prompt_ids(prompt)
+        full_ids = self.prompt_ids(f"{prompt} {target}")
+        common = 0
+        while common < min(len(prompt_ids), len(full_ids)) and prompt_ids[common] == full_ids[common]:
+            common += 1
+        return full_ids[:common], full_ids[common:] + [self.eos_id]
+
+    def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask), both (B, T), padded on the left."""
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
+        """Greedy captions / answers, batched with left padding and a KV cache."""
+        ids, mask = self._left_pad([self.prompt_ids(p) for p in batch.prompts])
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+        )
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=self.normalize(batch.pixels),
+            generation_config=config,
+        )
+        return [text.strip() for text in self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)]
+
+    def loss_closure(self, batch: Batch, targets: list[str]) -> LossFn:
+        """`loss_fn(pixels) -> (B,)`: mean cross-entropy of each target's tokens (EOS included).
+
+        Prompt, image tokens and padding are masked out. Each sample's loss depends only on its own
+        pixels, prompt and target (left padding with explicit position ids), so its gradient does
+        not change with the batch it is in.
+        """
+        if len(targets) != len(batch.prompts):
+            raise ValueError(f"{len(targets)} targets for {len(batch.prompts)} prompts")
+        pairs = [self.target_ids(p, t) for p, t in zip(batch.prompts, targets)]
+        ids, mask = self._left_pad([p + t for p, t in pairs])
+        width = ids.shape[1]
+        labels = torch.full_like(ids, -100)
+        for row, (_, target) in enumerate(pairs):
+            labels[row, width - len(target) :] = torch.tensor(target, device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(len(t) for _, t in pairs) + 1  # logits at position p predict token p + 1
+
+        def loss_fn(pixels: torch.Tensor) -> torch.Tensor:
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                pixel_values=self.normalize(pixels),
+                logits_to_keep=keep,
+            ).logits
+            predicted = logits[:, :-1].float()  # (B, keep - 1, V)
+            wanted = labels[:, width - keep + 1 :]  # (B, keep - 1)
+            ce = F.cross_entropy(predicted.transpose(1, 2), wanted, ignore_index=-100, reduction="none")
+            return ce.sum(-1) / (wanted != -100).sum(-1)
+
+        return loss_fn
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "image_size": self.image_size, "image_tokens": self.n_image_tokens}
+
+
+def swap_vision_tower(model: Any, vision_model: Any) -> None:
+    """Put a converted `CLIPVisionModel` into LLaVA in place of its own tower, projector unchanged."""
+    projector_in = model.model.multi_modal_projector.linear_1.in_features
+    if vision_model.config.hidden_size != projector_in:
+        raise CheckpointError(
+            f"the encoder's width {vision_model.config.hidden_size} does not fit this LLaVA's projector "
+            f"(expects {projector_in}); pick an encoder of the VLM's vision architecture"
+        )
+    param = next(model.parameters())
+    model.model.vision_tower = vision_model.to(device=param.device, dtype=param.dtype).eval()
+    model.config.vision_config = vision_model.config
+
+
+def load_llava(card: Any, encoder: Any | None, dtype: torch.dtype, device: str, allow_download: bool = False) -> LlavaAdapter:
+    """Build the LLaVA of a VLM card, with `encoder` swapped in (robust protocol) or its own tower.
+
+    Args:
+        card: a `VlmCard` of family "llava" (an `hf_id`, or a `build` for random weights).
+        encoder: a `LoadedEncoder` to swap in, or None for the native tower.
+        dtype: weights' dtype (losses are always computed in fp32).
+        device: torch device.
+        allow_download: let transformers fetch missing files from the hub.
+    """
+    model, tokenizer = _load_model(card, dtype, allow_download)
+    if encoder is not None:
+        from vlm_eval.encoders.convert import to_hf_vision_model
+
+        swap_vision_tower(model, to_hf_vision_model(encoder.visual))
+    model.to(device=device, dtype=dtype)
+    return LlavaAdapter(model, tokenizer, mode="robust" if encoder is not None else "native")
+
+
+def _load_model(card: Any, dtype: torch.dtype, allow_download: bool) -> tuple[Any, Any]:
+    if card.build is not None:
+        from vlm_eval.vlms.tiny import byte_tokenizer, random_llava
+
+        return random_llava(card.build["vision"], card.build["text"], card.build.get("seed", 0)), byte_tokenizer()
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(card.hf_id, local_files_only=not allow_download)
+        model = LlavaForConditionalGeneration.from_pretrained(
+            card.hf_id, dtype=dtype, local_files_only=not allow_download
+        )
+    except OSError as exc:
+        raise MissingResourceError(
+            f"VLM {card.name!r}: the weights of {card.hf_id} are not in the local Hugging Face cache "
+            f"({exc.__class__.__name__}). Get them with `hf download {card.hf_id}` (about 14 GB), "
+            "or run with --allow-download."
+        ) from exc
+    return model, tokenizer
