@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random-weight models of the real architectures, built in memory."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -29,3 +31,28 @@ def tiny_robust_llava(tiny_encoder):
     from vlm_eval.vlms.llava import load_llava
 
     return load_llava(cards.load_card("vlms", "tiny-random-llava"), tiny_encoder, dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def vitl_encoder():
+    """The robust-protocol encoder architecture (open_clip ViT-L-14, QuickGELU, 224 px), random weights."""
+    from vlm_eval.cards import EncoderCard
+    from vlm_eval.encoders.openclip_family import load_openclip_encoder
+
+    card = EncoderCard(name="vitl-random", family="openclip", arch="ViT-L-14-quickgelu", source={"random": 0})
+    return load_openclip_encoder(card)
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty, offline HF cache (constants are read at import, so they are patched as well)."""
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache

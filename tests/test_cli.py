@@ -111,12 +111,11 @@ def test_missing_data_names_the_files_and_how_to_get_them(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_missing_encoder_weights_say_where_and_how(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+def test_missing_encoder_weights_say_where_and_how(tmp_path, empty_hub_cache, capsys):
     args = ["--vlm", "tiny-random-llava", "--encoder", "fare", "--task", "demo", "--output-dir", str(tmp_path / "r")]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "chs20/fare4-clip" in err and "hf download" in err
+    assert "chs20/fare4-clip" in err and "hf download" in err and str(empty_hub_cache) in err
 
 
 @pytest.mark.parametrize("flag,value,known", [("--encoder", "nope", "simclip4"), ("--task", "nope", "vqav2"), ("--vlm", "nope", "llava")])

@@ -155,21 +155,6 @@ def test_format_errors() -> None:
         extract_visual_state_dict({}, "pickle")
 
 
-@pytest.fixture
-def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty, offline HF cache (constants are read at import, so they are patched as well)."""
-    import huggingface_hub.constants as constants
-
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def hub_source(**extra: Any) -> dict[str, Any]:
     return {"hf_hub": REPO, "filenames": ["model.safetensors", "model.bin"], "format": "auto", **extra}
 

@@ -92,10 +92,9 @@ def test_activation_mapping_is_load_bearing() -> None:
     assert (a - b).abs().max() > 10 * ATOL  # far above the tolerance the equivalence tests use
 
 
-def test_vit_l14_quickgelu_full_architecture() -> None:
+def test_vit_l14_quickgelu_full_architecture(vitl_encoder) -> None:
     """The real LLaVA-1.5 robust-encoder architecture (ViT-L/14, QuickGELU, 224 px), random weights."""
-    card = EncoderCard(name="vitl-random", family="openclip", arch="ViT-L-14-quickgelu", source={"random": 0})
-    encoder = load_openclip_encoder(card)
+    encoder = vitl_encoder
     assert encoder.quick_gelu and encoder.image_size == 224
     visual = perturb_(encoder.visual)
     config = hf_vision_config(visual)

@@ -99,3 +99,23 @@ def test_encoder_of_another_width_is_refused(tiny_encoder):
     wide_card = type(card)(**{**card.__dict__, "build": wide})
     with pytest.raises(CheckpointError, match="width 64 does not fit"):
         load_llava(wide_card, tiny_encoder, dtype=torch.float32, device="cpu")
+
+
+def test_full_vit_l14_in_llava_gives_256_image_tokens_and_pixel_gradients(vitl_encoder):
+    """The robust protocol on the real encoder architecture: 224 px, layer -2, CLS dropped -> 256 tokens."""
+    from vlm_eval.vlms.llava import LlavaAdapter, swap_vision_tower
+    from vlm_eval.encoders.convert import to_hf_vision_model
+    from vlm_eval.vlms.tiny import byte_tokenizer, random_llava
+
+    vision = {"hidden_size": 1024, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "patch_size": 48, "image_size": 336}  # a stand-in native tower; only its width matters
+    model = random_llava(vision, {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                                  "num_attention_heads": 4, "num_key_value_heads": 4})
+    swap_vision_tower(model, to_hf_vision_model(vitl_encoder.visual))
+    vlm = LlavaAdapter(model, byte_tokenizer(), mode="robust")
+    assert vlm.describe() == {"mode": "robust", "image_size": 224, "image_tokens": 256}
+
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    loss = vlm.loss_closure(Batch(["0"], x, PROMPTS[:1]), TARGETS[:1])(x)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    assert torch.isfinite(loss).all() and grad.abs().sum() > 0
