@@ -140,3 +140,14 @@ def test_list_shows_everything_without_importing_model_code():
         assert f"  {name} " in out
     assert "simclip -> simclip4" in out and "clip -> openai" in out
     assert "HEAVY []" in out
+
+
+def test_missing_java_stops_a_captioning_run_before_any_work(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "java" else real_which(name, *a, **k))
+    assert main([*TINY, "--task", "demo", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Java" in err and "default-jre-headless" in err
+    assert not (tmp_path / "run").exists()
