@@ -105,10 +105,19 @@ def test_corrupt_image_is_skipped_and_counted_or_fatal_with_strict(tmp_path, cap
 
 
 def test_missing_data_names_the_files_and_how_to_get_them(tmp_path, capsys):
-    assert main([*TINY, "--task", "coco", "--data-root", str(tmp_path)]) == 2
+    out = tmp_path / "run"
+    assert main([*TINY, "--task", "coco", "--data-root", str(tmp_path), "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "coco" / "dataset_coco.json") in err and "cocodataset.org" in err
     assert "Traceback" not in err
+    assert not out.exists(), "a failed start leaves no run folder behind"
+
+
+def test_every_missing_resource_is_reported_at_once(tmp_path, empty_hub_cache, capsys):
+    args = ["--vlm", "llava", "--encoder", "simclip", "--task", "coco", "--data-root", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "dataset_coco.json" in err and "hossainzarif19/SimCLIP" in err and "llava-hf/llava-1.5-7b-hf" in err
 
 
 def test_missing_encoder_weights_say_where_and_how(tmp_path, empty_hub_cache, capsys):
@@ -151,3 +160,57 @@ def test_missing_java_stops_a_captioning_run_before_any_work(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "Java" in err and "default-jre-headless" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_scores_reach_every_sample_and_outputs_survive_a_failed_scoring(tmp_path, monkeypatch):
+    """Generation replaced by each image's first reference: CIDEr per sample is high and consistent."""
+    from vlm_eval.data import read_karpathy_captions
+    from vlm_eval.errors import VlmEvalError
+    from vlm_eval.tasks.captioning import Captioning
+    from vlm_eval.vlms.llava import LlavaAdapter
+
+    demo = Path(__file__).resolve().parent.parent / "assets" / "demo"
+    refs = {s.id: s.references for s in read_karpathy_captions(demo / "dataset_demo.json", demo / "images", "test", demo / "captions_demo.json")}
+    monkeypatch.setattr(LlavaAdapter, "generate", lambda self, batch, n: [refs[i][0] for i in batch.ids])
+    assert main([*TINY, "--task", "demo", "--n-samples", "all", "--output-dir", str(tmp_path / "ok")]) == 0
+    samples = read_jsonl(tmp_path / "ok" / "samples.jsonl")
+    assert all(s["score"] > 50 for s in samples)
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["metrics"]["cider"] == pytest.approx(sum(s["score"] for s in samples) / len(samples))
+
+    def broken_score(self, references, outputs):
+        raise VlmEvalError("scoring failed")
+
+    monkeypatch.setattr(Captioning, "score", broken_score)
+    assert main([*TINY, "--task", "demo", "--n-samples", "all", "--output-dir", str(tmp_path / "broken")]) == 2
+    kept = read_jsonl(tmp_path / "broken" / "samples.jsonl")
+    assert [s["output"] for s in kept] == [refs[s["id"]][0] for s in kept] and len(kept) == 8
+    assert not (tmp_path / "broken" / "summary.json").exists()
+
+
+def test_checkpoint_with_unknown_keys_names_the_file_and_the_layouts(tmp_path, capsys):
+    import torch
+
+    bad = tmp_path / "mystery.pt"
+    torch.save({"foo.weight": torch.zeros(2)}, bad)
+    assert main([*TINY, "--task", "demo", "--encoder", str(bad), "--output-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "raw_visual" in err and "--encoder-arch" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "gpu"], "unknown --device 'gpu'"),
+    (["--resolution", "336", "--encoder", "fare"], "use --resolution 224"),
+    (["--batch-size", "0"], "batch size must be >= 1"),
+])
+def test_bad_options_are_user_errors(args, message, capsys):
+    assert main([*TINY, "--task", "demo", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_native_mode_runs_the_vlm_own_tower(tmp_path):
+    out = tmp_path / "native"
+    args = ["--vlm", "tiny-random-llava", "--encoder", "native", "--resolution", "336", "--task", "demo"]
+    assert main([*args, "--n-samples", "2", "--output-dir", str(out)]) == 0
+    prov = json.loads((out / "summary.json").read_text())["provenance"]
+    assert prov["resolution"] == 336 and prov["vlm"]["mode"] == "native" and prov["encoder"] is None

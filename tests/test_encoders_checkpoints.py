@@ -221,7 +221,8 @@ def test_listing_imports_neither_torch_nor_open_clip() -> None:
     code = (
         "import sys\n"
         "from vlm_eval.cards import all_cards\n"
-        "from vlm_eval.encoders import ENCODER_FAMILIES, weights_status\n"
+        "from vlm_eval.encoders import ENCODER_FAMILIES\n"
+        "from vlm_eval.encoders.openclip_family import weights_status\n"
         "for c in all_cards('encoders').values(): weights_status(c)\n"
         "assert 'openclip' in ENCODER_FAMILIES.names()\n"
         "heavy = [m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules]\n"

@@ -6,6 +6,8 @@ outputs of open_clip's residual blocks (forward hooks), on random weights (nothi
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -96,7 +98,7 @@ def test_vit_l14_quickgelu_full_architecture(vitl_encoder) -> None:
     """The real LLaVA-1.5 robust-encoder architecture (ViT-L/14, QuickGELU, 224 px), random weights."""
     encoder = vitl_encoder
     assert encoder.quick_gelu and encoder.image_size == 224
-    visual = perturb_(encoder.visual)
+    visual = perturb_(copy.deepcopy(encoder.visual))  # the fixture is shared: perturb a copy
     config = hf_vision_config(visual)
     assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (1024, 4096, 24)
     assert (config.num_attention_heads, config.patch_size, config.image_size) == (16, 14, 224)

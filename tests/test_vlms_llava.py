@@ -57,19 +57,36 @@ def test_gradients_reach_the_pixels_and_stay_per_sample(tiny_robust_llava):
 
 
 def test_loss_is_the_cross_entropy_of_the_target_tokens_only(tiny_llava):
-    """Same value as transformers' own `labels=` loss, with prompt and image tokens masked."""
+    """In a padded batch of different lengths, each loss equals transformers' own unpadded `labels=` loss."""
     vlm = tiny_llava
-    batch = make_batch(vlm, n=1)
-    prompt_ids, target_ids = vlm.target_ids(batch.prompts[0], TARGETS[0])
-    assert target_ids[-1] == vlm.eos_id
-    ids = torch.tensor([prompt_ids + target_ids])
-    labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
-    expected = vlm.model(input_ids=ids, pixel_values=vlm.normalize(batch.pixels), labels=labels).loss
-    ours = vlm.loss_closure(batch, TARGETS[:1])(batch.pixels)
-    assert ours.item() == pytest.approx(expected.item(), rel=1e-6)
+    batch = make_batch(vlm)
+    ours = vlm.loss_closure(batch, TARGETS)(batch.pixels)
+    for k in range(3):
+        prompt_ids, target_ids = vlm.target_ids(batch.prompts[k], TARGETS[k])
+        assert target_ids[-1] == vlm.eos_id
+        ids = torch.tensor([prompt_ids + target_ids])
+        labels = torch.tensor([[-100] * len(prompt_ids) + target_ids])
+        expected = vlm.model(input_ids=ids, pixel_values=vlm.normalize(batch.pixels[k : k + 1]), labels=labels).loss
+        assert ours[k].item() == pytest.approx(expected.item(), rel=1e-5)
 
-    other = vlm.loss_closure(batch, ["something else entirely"])(batch.pixels)
-    assert other.item() != pytest.approx(ours.item(), rel=1e-3)
+    other = vlm.loss_closure(batch, ["something else entirely"] * 3)(batch.pixels)
+    assert (other - ours).abs().min() > 1e-3
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_half_precisions_give_finite_losses_and_gradients(tiny_encoder, dtype, tol):
+    from vlm_eval import cards
+    from vlm_eval.vlms.llava import load_llava
+
+    vlm = load_llava(cards.load_card("vlms", "tiny-random-llava"), tiny_encoder, dtype=dtype, device="cpu")
+    batch = make_batch(vlm)
+    x = batch.pixels.clone().requires_grad_(True)
+    losses = vlm.loss_closure(batch, TARGETS)(x)
+    assert losses.dtype == torch.float32 and torch.isfinite(losses).all()
+    (grad,) = torch.autograd.grad(losses.sum(), x)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    single = Batch(["0"], batch.pixels[:1], batch.prompts[:1])
+    assert vlm.loss_closure(single, TARGETS[:1])(single.pixels).item() == pytest.approx(losses[0].item(), rel=tol)
 
 
 def test_robust_mode_swaps_the_tower_and_counts_image_tokens(tiny_llava, tiny_robust_llava, tiny_encoder):

@@ -91,9 +91,24 @@ def parse_card(kind: str, path: Path) -> Any:
     raw["aliases"] = tuple(raw.get("aliases", ()))
     raw["card_path"] = str(path)
     try:
-        return cls(**raw)
+        card = cls(**raw)
     except TypeError as exc:
         raise CardError(f"card {path}: {exc}") from exc
+    _check_types(card, path)
+    return card
+
+
+def _check_types(card: Any, path: Path) -> None:
+    """Each field holds the kind of value its annotation names (str, int, mapping, list)."""
+    kinds = {"str": str, "int": int, "dict": dict, "tuple": tuple}
+    for f in dataclasses.fields(card):
+        value = getattr(card, f.name)
+        annotation = str(f.type)
+        if value is None and "None" in annotation:
+            continue
+        expected = kinds[annotation.split("[")[0].split(" ")[0]]
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise CardError(f"card {path}: field {f.name!r} must be a {expected.__name__}, got {value!r}")
 
 
 def all_cards(kind: str) -> dict[str, Any]:

@@ -68,6 +68,9 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at a bad sample instead of skipping it")
     p.add_argument("--vqa-normalize", choices=("official", "always"), default=defaults.vqa_normalize,
                    help="official VQA answer normalisation, or 'always' (as OpenFlamingo / RobustVLM)")
+    p.add_argument("--postprocess", choices=("llava", "openflamingo"), default=defaults.postprocess,
+                   help="clean-up of answers and captions before scoring: LLaVA's own evaluation, or OpenFlamingo's "
+                        "(as RobustVLM applies it to LLaVA too)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -80,7 +83,7 @@ def eval_command(argv: list[str]) -> int:
         batch_size=args.batch_size, precision=args.precision, device=args.device, resolution=args.resolution,
         data_root=args.data_root, data=dict(_key_value(kv) for kv in args.data), output_dir=args.output_dir,
         weights_dir=args.weights_dir, allow_download=args.allow_download, strict=args.strict,
-        vqa_normalize=args.vqa_normalize, encoder_arch=args.encoder_arch,
+        vqa_normalize=args.vqa_normalize, postprocess=args.postprocess, encoder_arch=args.encoder_arch,
     )
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
@@ -106,19 +109,9 @@ def summary_table(run_dir: Path) -> str:
         f"   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
     ]
     lines += [f"{name:<12}{value:.2f}" if value is not None else f"{name:<12}n/a" for name, value in summary["metrics"].items()]
-    if _random_weights(config):
+    if prov["random_weights"]:
         lines.append("NOTE: random-weight models: these scores are meaningless; they only show the pipeline runs.")
     return "\n".join(lines)
-
-
-def _random_weights(config: dict) -> bool:
-    from vlm_eval import cards
-
-    vlm = cards.load_card("vlms", config["resolved"]["vlm_card"])
-    name = config["resolved"]["encoder_card"]
-    encoder_cards = cards.all_cards("encoders")
-    encoder_random = name in encoder_cards and "random" in encoder_cards[name].source
-    return vlm.build is not None or encoder_random
 
 
 def list_command(argv: list[str]) -> int:

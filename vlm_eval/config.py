@@ -29,6 +29,7 @@ class EvalConfig:
     allow_download: bool = False  # offline unless asked
     strict: bool = False  # fail on a bad sample instead of skipping it
     vqa_normalize: str = "official"  # "official" VQA answer normalisation, or "always" (OpenFlamingo's)
+    postprocess: str = "llava"  # answer / caption clean-up: LLaVA's own evaluation, or "openflamingo" (RobustVLM)
     encoder_arch: str = "ViT-L-14-quickgelu"  # architecture of an encoder given as a path
 
     def __post_init__(self) -> None:

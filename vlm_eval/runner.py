@@ -1,4 +1,10 @@
-"""One clean evaluation: task card -> samples -> batches -> VLM -> metric -> run folder."""
+"""One clean evaluation: task card -> samples -> batches -> VLM -> metric -> run folder.
+
+Order matters: every check that can fail (names, cards, device, data, Java, weights) runs before
+anything heavy is loaded, and the run folder is created only once the models are loaded, so a
+failed start leaves nothing behind. Outputs are appended to `samples.jsonl` batch by batch, so a
+crash during generation or scoring loses no finished work.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +16,14 @@ from typing import Any
 
 from vlm_eval import cards, results
 from vlm_eval.config import EvalConfig
-from vlm_eval.errors import BadSampleError, VlmEvalError
+from vlm_eval.errors import BadSampleError, MissingResourceError, VlmEvalError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Resolved:
-    """The cards, task and models that a config names, and what the run records about them."""
+    """The cards, task and runtime choices that a config names, checked before loading anything."""
 
     vlm_card: Any
     encoder_card: Any | None  # None in native mode
@@ -25,56 +31,106 @@ class Resolved:
     task: Any
     device: str
     precision: str
+    run_dir: Path
     provenance: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Outcome:
-    records: list[dict]  # one per evaluated sample: id, output, references, score, ...
-    skipped: list[dict]  # id and reason of each sample that could not be evaluated
-    metrics: dict[str, float]
 
 
 def run(config: EvalConfig) -> Path:
     """Evaluate, write the run folder and return its path."""
     from vlm_eval.data import save_subset_ids, select_subset
-    from vlm_eval.tasks.data import check_task_data, read_task_samples
+    from vlm_eval.tasks.data import read_task_samples, task_files
 
     resolved = resolve(config)
-    files = check_task_data(resolved.task_card, config.data_root and Path(config.data_root), config.data)
-    resolved.task.check_requirements()
+    preflight(config, resolved)
+    files = task_files(resolved.task_card, _path(config.data_root), config.data)
     samples = select_subset(read_task_samples(resolved.task_card, files), config.n_samples, config.seed)
-    run_dir = make_run_dir(config)
+    vlm = load_vlm(config, resolved)
+
+    run_dir = make_run_dir(resolved.run_dir)
     save_subset_ids(run_dir / "subset_ids.txt", samples)
     results.write_json(run_dir / "config.json", full_config(config, resolved))
-
-    vlm = load_vlm(config, resolved)
-    outcome = evaluate(vlm, resolved.task, samples, config)
-    write_outcome(run_dir, config, resolved, outcome)
+    records, skipped = generate_all(vlm, resolved.task, samples, config, run_dir)
+    metrics = score_records(resolved.task, records)
+    write_outcome(run_dir, config, resolved, records, skipped, metrics)
     return run_dir
 
 
 def resolve(config: EvalConfig) -> Resolved:
-    """Cards and runtime choices, checked before anything heavy is loaded."""
-    import torch
-
+    """Cards, device, precision and task type; raises a `VlmEvalError` for anything unknown."""
     from vlm_eval.tasks import TASK_TYPES
+    from vlm_eval.vlms.prompts import INSTRUCTIONS
 
     task_card = cards.load_card("tasks", config.task)
     vlm_card = cards.load_card("vlms", config.vlm)
-    encoder_card = resolve_encoder_card(config) if config.resolution == 224 else None
-    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = config.precision
-    if precision == "auto":
-        precision = "fp16" if device.startswith("cuda") else "fp32"
-    task = TASK_TYPES.get(task_card.type)(task_card, {"vqa_normalize": config.vqa_normalize})
-    return Resolved(vlm_card, encoder_card, task_card, task, device, precision)
+    encoder_card = resolve_encoder_card(config)
+    if task_card.prompt not in INSTRUCTIONS:
+        raise VlmEvalError(f"task card {task_card.card_path}: unknown prompt {task_card.prompt!r}; known: {', '.join(INSTRUCTIONS)}")
+    device = resolve_device(config.device)
+    precision = config.precision if config.precision != "auto" else ("fp16" if device.startswith("cuda") else "fp32")
+    options = {"vqa_normalize": config.vqa_normalize, "postprocess": config.postprocess}
+    try:
+        task = TASK_TYPES.get(task_card.type)(task_card, options)
+    except ValueError as exc:
+        raise VlmEvalError(f"task {task_card.name!r}: {exc}") from exc
+    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config))
 
 
-def resolve_encoder_card(config: EvalConfig) -> Any:
+def resolve_encoder_card(config: EvalConfig) -> Any | None:
+    """The encoder card to swap in at 224 px, or None for LLaVA's own tower at 336 px."""
+    if config.resolution != 224:
+        if config.encoder not in ("openai", "clip", "native"):
+            raise VlmEvalError(
+                f"--resolution {config.resolution} runs LLaVA's own tower, so --encoder {config.encoder!r} would be "
+                "ignored; robust encoders are 224-px models: use --resolution 224"
+            )
+        return None
     from vlm_eval.encoders.openclip_family import encoder_card_from_spec
 
-    return encoder_card_from_spec(config.encoder, arch=config.encoder_arch) or cards.load_card("encoders", config.encoder)
+    card = encoder_card_from_spec(config.encoder, arch=config.encoder_arch) or cards.load_card("encoders", config.encoder)
+    if card.image_size != config.resolution:
+        raise VlmEvalError(f"encoder {card.name!r} takes {card.image_size}-px images, not {config.resolution}")
+    return card
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise VlmEvalError(f"unknown --device {name!r}: use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VlmEvalError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
+    return name
+
+
+def preflight(config: EvalConfig, resolved: Resolved) -> None:
+    """Report every missing resource at once (data, Java, weights), before loading anything."""
+    from vlm_eval.encoders.openclip_family import resolve_checkpoint
+    from vlm_eval.listing import vlm_status
+    from vlm_eval.tasks.data import check_task_data
+
+    if (resolved.run_dir / "summary.json").exists():
+        raise VlmEvalError(f"{resolved.run_dir} already holds a finished run; choose another --output-dir")
+    problems = []
+    checks = [
+        lambda: check_task_data(resolved.task_card, _path(config.data_root), config.data),
+        resolved.task.check_requirements,
+    ]
+    if resolved.encoder_card is not None:
+        checks.append(lambda: resolve_checkpoint(resolved.encoder_card, _path(config.weights_dir), config.allow_download))
+    for check in checks:
+        try:
+            check()
+        except MissingResourceError as exc:
+            problems.append(str(exc))
+    present, where = vlm_status(resolved.vlm_card)
+    if not present and not config.allow_download:
+        problems.append(f"weights of VLM {resolved.vlm_card.name!r} not found: {where} (or rerun with --allow-download)")
+    if problems:
+        raise MissingResourceError("\n\n".join(problems))
 
 
 def load_vlm(config: EvalConfig, resolved: Resolved) -> Any:
@@ -87,24 +143,17 @@ def load_vlm(config: EvalConfig, resolved: Resolved) -> Any:
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[resolved.precision]
     encoder = None
     if resolved.encoder_card is not None:
-        weights_dir = config.weights_dir and Path(config.weights_dir)
-        encoder = ENCODER_FAMILIES.get(resolved.encoder_card.family)(
-            resolved.encoder_card, weights_dir=weights_dir, allow_download=config.allow_download
-        )
-    elif config.encoder not in ("openai", "clip", "native"):
-        raise VlmEvalError(
-            f"--resolution 336 runs LLaVA's own 336-px tower, so --encoder {config.encoder!r} would be ignored; "
-            "robust encoders are 224-px models: use --resolution 224"
-        )
-    vlm = VLM_FAMILIES.get(resolved.vlm_card.family)(
-        resolved.vlm_card, encoder, dtype=dtype, device=resolved.device, allow_download=config.allow_download
-    )
+        load_encoder = ENCODER_FAMILIES.get(resolved.encoder_card.family)
+        encoder = load_encoder(resolved.encoder_card, weights_dir=_path(config.weights_dir), allow_download=config.allow_download)
+    load = VLM_FAMILIES.get(resolved.vlm_card.family)
+    vlm = load(resolved.vlm_card, encoder, dtype=dtype, device=resolved.device, allow_download=config.allow_download)
     resolved.provenance.update(provenance(resolved, encoder, vlm))
     return vlm
 
 
 def provenance(resolved: Resolved, encoder: Any | None, vlm: Any) -> dict[str, Any]:
     cards_used = [c for c in (resolved.vlm_card, resolved.encoder_card, resolved.task_card) if c is not None]
+    random_encoder = resolved.encoder_card is not None and "random" in resolved.encoder_card.source
     return {
         "packages": results.package_versions(),
         "git_revision": results.git_revision(cards.CARD_ROOT),
@@ -113,35 +162,34 @@ def provenance(resolved: Resolved, encoder: Any | None, vlm: Any) -> dict[str, A
             "name": encoder.card.name, "checkpoint": encoder.checkpoint, "sha256": encoder.sha256,
         },
         "vlm": {"name": resolved.vlm_card.name, "hf_id": resolved.vlm_card.hf_id, **vlm.describe()},
+        "random_weights": resolved.vlm_card.build is not None or random_encoder,
         "resolution": vlm.image_size,
         "precision": resolved.precision,
         "device": resolved.device,
     }
 
 
-def evaluate(vlm: Any, task: Any, samples: list[Any], config: EvalConfig) -> Outcome:
-    """Generate for every sample in batches, then score the whole set at once."""
+def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Generate for every sample in batches, appending each batch's records to samples.jsonl."""
     from tqdm import tqdm
 
     records, skipped = [], []
     with tqdm(total=len(samples), desc="generating", unit="sample") as bar:
         for start in range(0, len(samples), config.batch_size):
             chunk = samples[start : start + config.batch_size]
-            batch, bad = load_batch(vlm, task, chunk, config.strict)
+            batch, kept, bad = load_batch(vlm, task, chunk, config.strict)
             skipped += bad
-            if batch is not None:
-                max_new = task.card.max_new_tokens
-                for sample, raw in zip(batch[1], vlm.generate(batch[0], max_new)):
-                    records.append(sample_record(sample, raw, task.postprocess(raw)))
+            if kept:
+                outputs = vlm.generate(batch, task.card.max_new_tokens)
+                new = [sample_record(s, raw, task.postprocess(raw)) for s, raw in zip(kept, outputs)]
+                results.append_jsonl(run_dir / "samples.jsonl", new)
+                records += new
             bar.update(len(chunk))
-    metrics, per_item = score(task, records)
-    for record in records:
-        record["score"] = per_item[record["id"]]
-    return Outcome(records, skipped, metrics)
+    return records, skipped
 
 
-def load_batch(vlm: Any, task: Any, chunk: list[Any], strict: bool) -> tuple[Any, list[dict]]:
-    """((Batch, its samples) or None, skipped samples): unreadable images are skipped, or raise if strict."""
+def load_batch(vlm: Any, task: Any, chunk: list[Any], strict: bool) -> tuple[Any, list[Any], list[dict]]:
+    """(Batch, the samples in it, skipped samples): unreadable images are skipped, or raise if strict."""
     import torch
 
     from vlm_eval.data import load_image, preprocess_image
@@ -158,9 +206,9 @@ def load_batch(vlm: Any, task: Any, chunk: list[Any], strict: bool) -> tuple[Any
             log.warning("skipping %s (use --strict to stop instead)", exc)
             skipped.append({"id": sample.id, "reason": str(exc)})
     if not kept:
-        return None, skipped
+        return None, kept, skipped
     prompts = [vlm.format_prompt(*task.prompt_args(s)) for s in kept]
-    return (Batch([s.id for s in kept], torch.stack(pixels), prompts), kept), skipped
+    return Batch([s.id for s in kept], torch.stack(pixels), prompts), kept, skipped
 
 
 def sample_record(sample: Any, raw: str, output: str) -> dict:
@@ -171,25 +219,31 @@ def sample_record(sample: Any, raw: str, output: str) -> dict:
     return record
 
 
-def score(task: Any, records: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
+def score_records(task: Any, records: list[dict]) -> dict[str, float]:
+    """Score the whole set at once (CIDEr is corpus-level) and put each sample's score in its record."""
     if not records:
-        return {task.metric: float("nan")}, {}
+        return {task.metric: float("nan")}
     refs = {r["id"]: r["references"] for r in records}
     outputs = {r["id"]: r["output"] for r in records}
-    return task.score(refs, outputs)
+    metrics, per_item = task.score(refs, outputs)
+    for record in records:
+        record["score"] = per_item[record["id"]]
+    return metrics
 
 
-def make_run_dir(config: EvalConfig) -> Path:
-    """A fresh run folder; an existing finished run is never overwritten."""
+def run_dir_for(config: EvalConfig) -> Path:
     if config.output_dir:
-        run_dir = Path(config.output_dir)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        encoder = Path(config.encoder).stem if config.resolution == 224 else "native"
-        run_dir = Path("results") / f"{config.task}-{config.vlm}-{encoder}-{stamp}"
-    if (run_dir / "summary.json").exists():
-        raise VlmEvalError(f"{run_dir} already holds a finished run; choose another --output-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return Path(config.output_dir)
+    encoder = Path(config.encoder).stem if config.resolution == 224 else "native"
+    return Path("results") / f"{config.task}-{config.vlm}-{encoder}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_run_dir(run_dir: Path) -> Path:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "samples.jsonl").unlink(missing_ok=True)  # left by an unfinished run
+    except OSError as exc:
+        raise VlmEvalError(f"cannot create the run folder {run_dir}: {exc.strerror}; choose another --output-dir") from exc
     return run_dir
 
 
@@ -206,10 +260,13 @@ def full_config(config: EvalConfig, resolved: Resolved) -> dict[str, Any]:
     return {**config.to_dict(), "resolved": resolved_names}
 
 
-def write_outcome(run_dir: Path, config: EvalConfig, resolved: Resolved, outcome: Outcome) -> None:
-    results.write_jsonl(run_dir / "samples.jsonl", outcome.records)
-    results.write_jsonl(run_dir / "skipped.jsonl", outcome.skipped)
-    summary = results.summary(
-        full_config(config, resolved), resolved.provenance, len(outcome.records), len(outcome.skipped), outcome.metrics
-    )
+def write_outcome(run_dir: Path, config: EvalConfig, resolved: Resolved, records: list[dict],
+                  skipped: list[dict], metrics: dict[str, float]) -> None:
+    results.write_jsonl(run_dir / "samples.jsonl", records)  # now with scores
+    results.write_jsonl(run_dir / "skipped.jsonl", skipped)
+    summary = results.summary(full_config(config, resolved), resolved.provenance, len(records), len(skipped), metrics)
     results.write_json(run_dir / "summary.json", summary)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None

@@ -15,7 +15,6 @@ and DataParallel/DDP prefix every key with `module.`; both are undone here.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,15 +30,6 @@ log = logging.getLogger(__name__)
 FORMATS = ("auto", "raw_visual", "vision_encoder_state_dict", "open_clip_full")
 TECOA_KEY = "vision_encoder_state_dict"
 MAX_LISTED = 10  # keys listed per category in an error message
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (checkpoints are ~1 GB); recorded with every result."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:

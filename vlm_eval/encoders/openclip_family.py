@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlm_eval.cards import EncoderCard
 from vlm_eval.errors import CardError, CheckpointError, MissingResourceError
+from vlm_eval.results import file_sha256
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,6 +32,11 @@ DEFAULT_ARCH = "ViT-L-14-quickgelu"
 # What open_clip itself looks for in a hub repo, safetensors first (open_clip/constants.py).
 OPEN_CLIP_HUB_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_HUB_PREFIX = "hf-hub:"
+LAYOUTS_HELP = (
+    "Accepted layouts: raw_visual (keys conv1.weight, transformer.resblocks.N.*), "
+    "vision_encoder_state_dict ({'vision_encoder_state_dict': <raw visual>}), open_clip_full (keys visual.*). "
+    "A checkpoint of another architecture needs --encoder-arch (an open_clip model name)."
+)
 
 
 @dataclass
@@ -84,12 +90,15 @@ def load_openclip_encoder(
     else:
         fmt = card.source.get("format", "auto")
         log.info("encoder %s: loading %s (format %s)", card.name, path, fmt)
-        state_dict = checkpoints.extract_visual_state_dict(checkpoints.read_state_dict(path), fmt)
+        try:
+            state_dict = checkpoints.extract_visual_state_dict(checkpoints.read_state_dict(path), fmt)
+        except CheckpointError as exc:
+            raise CheckpointError(f"encoder {card.name}: {path}: {exc}\n{LAYOUTS_HELP}") from exc
         with torch.device("meta"):  # no random init of weights that are replaced at once
             visual = _build_visual(config)
         checkpoints.load_visual_weights(visual, state_dict, source=f"{path} (encoder {card.name})")
         _assert_materialized(visual, path)
-        digest = checkpoints.sha256_file(path)
+        digest = file_sha256(path)
     visual = visual.float().eval().requires_grad_(False)
     return LoadedEncoder(
         visual=visual,

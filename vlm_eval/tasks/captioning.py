@@ -15,6 +15,8 @@ class Captioning:
 
     def __init__(self, card: Any, options: dict[str, Any]):
         self.card = card
+        self.postprocess_style = options.get("postprocess", "llava")
+        postprocess_caption("", self.postprocess_style)  # unknown styles fail here, before any work
 
     def check_requirements(self) -> None:
         require_java()  # fail before hours of generation, not after
@@ -23,7 +25,7 @@ class Captioning:
         return self.card.prompt, None
 
     def postprocess(self, text: str) -> str:
-        return postprocess_caption(text, "llava")
+        return postprocess_caption(text, self.postprocess_style)
 
     def score(self, references: dict[str, list[str]], outputs: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
         """(corpus metrics on the x100 scale, per-sample CIDEr relative to this set)."""
@@ -31,4 +33,4 @@ class Captioning:
         return {"cider": corpus}, per_item
 
     def options(self) -> dict[str, Any]:
-        return {}
+        return {"postprocess": self.postprocess_style, "max_new_tokens": self.card.max_new_tokens}

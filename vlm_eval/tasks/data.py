@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlm_eval.errors import MissingResourceError, UnknownNameError
+from vlm_eval.errors import CardError, MissingResourceError, UnknownNameError
 from vlm_eval.registry import Registry
 
 READERS = Registry("data reader")
@@ -44,7 +44,10 @@ def check_task_data(card: Any, data_root: Path | None, overrides: dict[str, str]
 
 def read_task_samples(card: Any, files: dict[str, Path]) -> list[Any]:
     """All samples of the task's split, through the reader the card names."""
-    return READERS.get(card.reader)(card, files)
+    try:
+        return READERS.get(card.reader)(card, files)
+    except KeyError as exc:  # the card lacks a file its reader needs
+        raise CardError(f"task card {card.card_path}: reader {card.reader!r} needs the file {exc} under `files`") from exc
 
 
 @READERS.register("karpathy")
@@ -60,6 +63,8 @@ def _read_karpathy(card: Any, files: dict[str, Path]) -> list[Any]:
 def _read_vqa(card: Any, files: dict[str, Path]) -> list[Any]:
     from vlm_eval.data import read_vqa
 
+    if card.image_file is None:
+        raise CardError(f"task card {card.card_path}: reader 'vqa' needs `image_file`, e.g. \"{{image_id}}.jpg\"")
     return read_vqa(files["questions_json"], files["annotations_json"], files["image_dir"], card.image_file)
 
 

@@ -18,6 +18,8 @@ class VQA:
         self.normalize = options.get("vqa_normalize", "official")
         if self.normalize not in VQA_NORMALIZE_MODES:
             raise ValueError(f"unknown VQA normalisation {self.normalize!r}; known: {', '.join(VQA_NORMALIZE_MODES)}")
+        self.postprocess_style = options.get("postprocess", "llava")
+        postprocess_vqa_answer("", self.postprocess_style)  # unknown styles fail here, before any work
 
     def check_requirements(self) -> None:
         pass
@@ -26,7 +28,7 @@ class VQA:
         return self.card.prompt, sample.question
 
     def postprocess(self, text: str) -> str:
-        return postprocess_vqa_answer(text, "llava")
+        return postprocess_vqa_answer(text, self.postprocess_style)
 
     def score(self, references: dict[str, list[str]], outputs: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
         """(mean accuracy, per-question accuracy), both on the x100 scale."""
@@ -35,4 +37,5 @@ class VQA:
         return {"vqa_accuracy": mean}, per_item
 
     def options(self) -> dict[str, Any]:
-        return {"vqa_normalize": self.normalize}
+        return {"vqa_normalize": self.normalize, "postprocess": self.postprocess_style,
+                "max_new_tokens": self.card.max_new_tokens}

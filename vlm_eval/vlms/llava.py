@@ -155,6 +155,11 @@ class LlavaAdapter:
 
 def swap_vision_tower(model: Any, vision_model: Any) -> None:
     """Put a converted `CLIPVisionModel` into LLaVA in place of its own tower, projector unchanged."""
+    if (model.config.vision_feature_layer, model.config.vision_feature_select_strategy) != (-2, "default"):
+        raise CheckpointError(
+            "the robust-encoder protocol reads vision layer -2 without CLS; this LLaVA uses layer "
+            f"{model.config.vision_feature_layer} with strategy {model.config.vision_feature_select_strategy!r}"
+        )
     projector_in = model.model.multi_modal_projector.linear_1.in_features
     if vision_model.config.hidden_size != projector_in:
         raise CheckpointError(
