@@ -65,3 +65,9 @@ def test_malformed_cards_name_the_file_and_field(tmp_path):
     bad.write_text("family: openclip\n")
     with pytest.raises(CardError, match="bad.yaml"):
         cards.parse_card("encoders", bad)
+
+
+def test_missing_card_folder_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(cards, "CARD_ROOT", tmp_path)
+    with pytest.raises(CardError, match="VLM_EVAL_HOME"):
+        cards.load_card("encoders", "fare4")

@@ -1,12 +1,14 @@
 """Cards: small YAML files that describe encoders, VLMs and tasks (the data, not the code).
 
-Cards live in the top-level folders `encoders/`, `vlms/` and `tasks/` of the repository. A card's
-file name is its name; `aliases` adds other names. Loading a card never imports model code.
+Cards live in the top-level folders `encoders/`, `vlms/` and `tasks/` of the repository (or of the
+folder named by the environment variable VLM_EVAL_HOME). A card's file name is its name; `aliases`
+adds other names. Loading a card never imports model code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import yaml
 
 from vlm_eval.errors import CardError, UnknownNameError
 
-CARD_ROOT = Path(__file__).resolve().parent.parent
+CARD_ROOT = Path(os.environ.get("VLM_EVAL_HOME") or Path(__file__).resolve().parent.parent)
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,13 @@ CARD_TYPES = {"encoders": EncoderCard, "vlms": VlmCard, "tasks": TaskCard}
 
 
 def card_dir(kind: str) -> Path:
-    return CARD_ROOT / kind
+    path = CARD_ROOT / kind
+    if not path.is_dir():
+        raise CardError(
+            f"no card folder {path}: vlm_eval reads its cards from its repository checkout; install it with "
+            "`pip install -e <checkout>` (as `make install` does) or set VLM_EVAL_HOME to the checkout"
+        )
+    return path
 
 
 def parse_card(kind: str, path: Path) -> Any:
