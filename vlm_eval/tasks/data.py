@@ -32,7 +32,7 @@ def missing_files(card: Any, data_root: Path | None, overrides: dict[str, str] |
 def check_task_data(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> dict[str, Path]:
     """The task's files, or a `MissingResourceError` listing what is missing and how to get it."""
     files = task_files(card, data_root, overrides)
-    missing = [f"  {key}: {path}" for key, path in files.items() if not path.exists()]
+    missing = [f"  {key}: {path.absolute()}" for key, path in files.items() if not path.exists()]
     if missing:
         raise MissingResourceError(
             f"task {card.name!r}: data not found:\n" + "\n".join(missing) + "\n"
