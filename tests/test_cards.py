@@ -71,3 +71,18 @@ def test_missing_card_folder_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(cards, "CARD_ROOT", tmp_path)
     with pytest.raises(CardError, match="VLM_EVAL_HOME"):
         cards.load_card("encoders", "fare4")
+
+
+def test_task_card_without_the_files_its_reader_needs_is_a_card_error():
+    import dataclasses
+
+    from vlm_eval.tasks.data import read_task_samples
+
+    vqa = cards.load_card("tasks", "vqav2")
+    for broken, message in (
+        (dataclasses.replace(vqa, files={"questions_json": "q.json"}), "annotations_json"),
+        (dataclasses.replace(vqa, image_file=None), "image_file"),
+        (dataclasses.replace(cards.load_card("tasks", "coco"), files={"image_dir": "x"}), "karpathy_json"),
+    ):
+        with pytest.raises(CardError, match=message):
+            read_task_samples(broken, {})

@@ -30,7 +30,7 @@ def test_demo_run_writes_a_self_describing_folder(demo_run):
     assert summary["n_samples"] == 8 and summary["n_skipped"] == 0
     assert set(summary["metrics"]) == {"cider"} and summary["metrics"]["cider"] >= 0
     prov = summary["provenance"]
-    assert prov["resolution"] == 224 and prov["precision"] == "fp32"
+    assert prov["resolution"] == 224 and prov["precision"] == "fp32" and prov["random_weights"] is True
     assert prov["encoder"]["name"] == "tiny-random" and prov["vlm"]["mode"] == "robust"
     assert set(prov["cards"]) == {"tiny-random-llava", "tiny-random", "demo"}
     assert prov["packages"]["torch"] != "not installed"
@@ -48,6 +48,13 @@ def test_demo_run_writes_a_self_describing_folder(demo_run):
 def test_a_finished_run_is_never_overwritten(demo_run, capsys):
     assert main([*TINY, "--task", "demo", "--n-samples", "2", "--output-dir", str(demo_run)]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_outputs_of_an_interrupted_run_are_kept(tmp_path, capsys):
+    (tmp_path / "samples.jsonl").write_text('{"id": "1", "output": "hours of work"}\n')
+    assert main([*TINY, "--task", "demo", "--output-dir", str(tmp_path)]) == 2
+    assert "interrupted run" in capsys.readouterr().err
+    assert "hours of work" in (tmp_path / "samples.jsonl").read_text()
 
 
 def test_subset_is_seeded(tmp_path):
@@ -87,6 +94,8 @@ def test_vqa_run_on_real_format_files(tmp_path):
     samples = read_jsonl(out / "samples.jsonl")
     assert summary["n_samples"] == 4 and set(summary["metrics"]) == {"vqa_accuracy"}
     assert summary["config"]["resolved"]["vqa_normalize"] == "official"
+    assert summary["config"]["resolved"]["postprocess"] == "llava"
+    assert summary["config"]["resolved"]["max_new_tokens"] == 5
     assert all(s["references"] == ["blue"] * 7 + ["red"] * 3 and s["question"] for s in samples)
     assert summary["metrics"]["vqa_accuracy"] == pytest.approx(sum(s["score"] for s in samples) / 4)
 
@@ -214,3 +223,19 @@ def test_native_mode_runs_the_vlm_own_tower(tmp_path):
     assert main([*args, "--n-samples", "2", "--output-dir", str(out)]) == 0
     prov = json.loads((out / "summary.json").read_text())["provenance"]
     assert prov["resolution"] == 336 and prov["vlm"]["mode"] == "native" and prov["encoder"] is None
+
+
+def test_reference_code_scoring_is_selected_and_recorded(tmp_path, monkeypatch):
+    """--postprocess openflamingo cuts answers at ", " (and before "Question"), unlike LLaVA's processor."""
+    from vlm_eval.vlms.llava import LlavaAdapter
+
+    write_vqa_fixture(tmp_path / "data", n=2)
+    monkeypatch.setattr(LlavaAdapter, "generate", lambda self, batch, n: ["Blue, red Question: why"] * len(batch.ids))
+    args = [*TINY, "--task", "vqav2", "--data-root", str(tmp_path / "data")]
+    assert main([*args, "--postprocess", "openflamingo", "--vqa-normalize", "always", "--output-dir", str(tmp_path / "of")]) == 0
+    assert main([*args, "--output-dir", str(tmp_path / "llava")]) == 0
+    of, llava = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("of", "llava"))
+    assert of["config"]["resolved"]["postprocess"] == "openflamingo" and of["config"]["resolved"]["vqa_normalize"] == "always"
+    assert [s["output"] for s in read_jsonl(tmp_path / "of" / "samples.jsonl")] == ["Blue"] * 2
+    assert of["metrics"]["vqa_accuracy"] == pytest.approx(100.0)  # "blue" after normalisation, 7 of 10 agree
+    assert llava["metrics"]["vqa_accuracy"] == 0.0

@@ -38,11 +38,10 @@ class Resolved:
 def run(config: EvalConfig) -> Path:
     """Evaluate, write the run folder and return its path."""
     from vlm_eval.data import save_subset_ids, select_subset
-    from vlm_eval.tasks.data import read_task_samples, task_files
+    from vlm_eval.tasks.data import read_task_samples
 
     resolved = resolve(config)
-    preflight(config, resolved)
-    files = task_files(resolved.task_card, _path(config.data_root), config.data)
+    files = preflight(config, resolved)
     samples = select_subset(read_task_samples(resolved.task_card, files), config.n_samples, config.seed)
     vlm = load_vlm(config, resolved)
 
@@ -106,31 +105,38 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def preflight(config: EvalConfig, resolved: Resolved) -> None:
-    """Report every missing resource at once (data, Java, weights), before loading anything."""
+def preflight(config: EvalConfig, resolved: Resolved) -> dict[str, Path]:
+    """The task's data files; raises one error listing every missing resource (data, Java, weights)."""
     from vlm_eval.encoders.openclip_family import resolve_checkpoint
     from vlm_eval.listing import vlm_status
     from vlm_eval.tasks.data import check_task_data
 
-    if (resolved.run_dir / "summary.json").exists():
-        raise VlmEvalError(f"{resolved.run_dir} already holds a finished run; choose another --output-dir")
-    problems = []
-    checks = [
-        lambda: check_task_data(resolved.task_card, _path(config.data_root), config.data),
-        resolved.task.check_requirements,
-    ]
-    if resolved.encoder_card is not None:
-        checks.append(lambda: resolve_checkpoint(resolved.encoder_card, _path(config.weights_dir), config.allow_download))
-    for check in checks:
+    check_run_dir_is_free(resolved.run_dir)
+    problems: list[str] = []
+
+    def attempt(check: Any) -> Any:
         try:
-            check()
+            return check()
         except MissingResourceError as exc:
             problems.append(str(exc))
+
+    files = attempt(lambda: check_task_data(resolved.task_card, _path(config.data_root), config.data))
+    attempt(resolved.task.check_requirements)
+    if resolved.encoder_card is not None:
+        attempt(lambda: resolve_checkpoint(resolved.encoder_card, _path(config.weights_dir), config.allow_download))
     present, where = vlm_status(resolved.vlm_card)
     if not present and not config.allow_download:
         problems.append(f"weights of VLM {resolved.vlm_card.name!r} not found: {where} (or rerun with --allow-download)")
     if problems:
         raise MissingResourceError("\n\n".join(problems))
+    return files
+
+
+def check_run_dir_is_free(run_dir: Path) -> None:
+    """Never overwrite outputs: neither a finished run nor the samples of an interrupted one."""
+    for name, state in (("summary.json", "a finished run"), ("samples.jsonl", "the outputs of an interrupted run")):
+        if (run_dir / name).exists():
+            raise VlmEvalError(f"{run_dir} already holds {state} ({name}); choose another --output-dir")
 
 
 def load_vlm(config: EvalConfig, resolved: Resolved) -> Any:
@@ -241,7 +247,6 @@ def run_dir_for(config: EvalConfig) -> Path:
 def make_run_dir(run_dir: Path) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "samples.jsonl").unlink(missing_ok=True)  # left by an unfinished run
     except OSError as exc:
         raise VlmEvalError(f"cannot create the run folder {run_dir}: {exc.strerror}; choose another --output-dir") from exc
     return run_dir

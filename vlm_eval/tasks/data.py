@@ -44,16 +44,20 @@ def check_task_data(card: Any, data_root: Path | None, overrides: dict[str, str]
 
 def read_task_samples(card: Any, files: dict[str, Path]) -> list[Any]:
     """All samples of the task's split, through the reader the card names."""
-    try:
-        return READERS.get(card.reader)(card, files)
-    except KeyError as exc:  # the card lacks a file its reader needs
-        raise CardError(f"task card {card.card_path}: reader {card.reader!r} needs the file {exc} under `files`") from exc
+    return READERS.get(card.reader)(card, files)
+
+
+def _require_files(card: Any, *keys: str) -> None:
+    missing = [key for key in keys if key not in card.files]
+    if missing:
+        raise CardError(f"task card {card.card_path}: reader {card.reader!r} needs {missing} under `files`")
 
 
 @READERS.register("karpathy")
 def _read_karpathy(card: Any, files: dict[str, Path]) -> list[Any]:
     from vlm_eval.data import read_karpathy_captions
 
+    _require_files(card, "karpathy_json", "image_dir")
     return read_karpathy_captions(
         files["karpathy_json"], files["image_dir"], split=card.split, references_json=files.get("references_json")
     )
@@ -63,6 +67,7 @@ def _read_karpathy(card: Any, files: dict[str, Path]) -> list[Any]:
 def _read_vqa(card: Any, files: dict[str, Path]) -> list[Any]:
     from vlm_eval.data import read_vqa
 
+    _require_files(card, "questions_json", "annotations_json", "image_dir")
     if card.image_file is None:
         raise CardError(f"task card {card.card_path}: reader 'vqa' needs `image_file`, e.g. \"{{image_id}}.jpg\"")
     return read_vqa(files["questions_json"], files["annotations_json"], files["image_dir"], card.image_file)
