@@ -34,6 +34,7 @@ class EncoderCard:
     image_size: int = 224
     aliases: tuple[str, ...] = ()
     arch_config: dict[str, Any] | None = None  # open_clip model config for architectures open_clip lacks
+    tokenizer: str | None = None  # text tokenizer: a `tokenizers` JSON file (relative to the card) or an open_clip name
     card_path: str | None = None
 
 
@@ -46,6 +47,7 @@ class VlmCard:
     hf_id: str | None = None  # transformers checkpoint; None for random-weight builds
     description: str = ""
     build: dict[str, Any] | None = None  # architecture of a random-weight model (tests, demo)
+    path: str | None = None  # a local transformers checkpoint folder, relative to the card (shipped models)
     aliases: tuple[str, ...] = ()
     card_path: str | None = None
 
@@ -65,6 +67,8 @@ class TaskCard:
     obtain: str = ""  # how to get the data, shown when it is missing
     max_new_tokens: int = 20
     data_root: str | None = None  # a task's own root (bundled data); else --data-root
+    generator: str | None = None  # a world that writes the data on demand (e.g. "miniworld"); else it is downloaded
+    templates: tuple[str, ...] = ()  # zero-shot prompt templates, e.g. "a photo of a {}."
     aliases: tuple[str, ...] = ()
     card_path: str | None = None
 
@@ -96,7 +100,11 @@ def parse_card(kind: str, path: Path) -> Any:
     unknown = sorted(set(raw) - (known - {"card_path"}))
     if unknown:
         raise CardError(f"card {path}: unknown field(s) {unknown}; allowed: {sorted(known - {'card_path'})}")
-    raw["aliases"] = tuple(raw.get("aliases", ()))
+    for key in ("aliases", "templates"):
+        if key in raw:
+            if not isinstance(raw[key], list):
+                raise CardError(f"card {path}: field {key!r} must be a list, got {raw[key]!r}")
+            raw[key] = tuple(raw[key])
     raw["card_path"] = str(path)
     try:
         card = cls(**raw)
