@@ -109,7 +109,7 @@ def preflight(config: EvalConfig, resolved: Resolved) -> dict[str, Path]:
     """The task's data files; raises one error listing every missing resource (data, Java, weights)."""
     from vlm_eval.encoders.openclip_family import resolve_checkpoint
     from vlm_eval.listing import vlm_status
-    from vlm_eval.tasks.data import check_task_data
+    from vlm_eval.tasks.data import check_task_data, prepare_generated_data
 
     check_run_dir_is_free(resolved.run_dir)
     problems: list[str] = []
@@ -120,6 +120,7 @@ def preflight(config: EvalConfig, resolved: Resolved) -> dict[str, Path]:
         except MissingResourceError as exc:
             problems.append(str(exc))
 
+    prepare_generated_data(resolved.task_card, _path(config.data_root))
     files = attempt(lambda: check_task_data(resolved.task_card, _path(config.data_root), config.data))
     attempt(resolved.task.check_requirements)
     if resolved.encoder_card is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,22 @@ from vlm_eval.errors import CardError, MissingResourceError, UnknownNameError
 from vlm_eval.registry import Registry
 
 READERS = Registry("data reader")
+GENERATORS = Registry("data generator")  # name -> ensure(root): writes a synthetic world's files if absent or stale
+GENERATORS.register_lazy("miniworld", "vlm_eval.miniworld.export:ensure_eval_data")
 
 DEFAULT_DATA_ROOT = Path("data")
+
+
+def generated_root(generator: str) -> Path:
+    """Where a generated world lives unless --data-root says otherwise: $VLM_EVAL_CACHE or ~/.cache/vlm_eval."""
+    cache = os.environ.get("VLM_EVAL_CACHE") or Path.home() / ".cache" / "vlm_eval"
+    return Path(cache) / generator
+
+
+def prepare_generated_data(card: Any, data_root: Path | None) -> None:
+    """Write a generated task's data on first use (seconds for the evaluation splits)."""
+    if card.generator is not None:
+        GENERATORS.get(card.generator)(Path(data_root) if data_root else generated_root(card.generator))
 
 
 def task_files(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> dict[str, Path]:
@@ -21,7 +36,8 @@ def task_files(card: Any, data_root: Path | None, overrides: dict[str, str] | No
         raise UnknownNameError(
             f"task {card.name!r} has no data file {unknown[0]!r}; its files are: {', '.join(sorted(card.files))}"
         )
-    root = _card_root(card) or Path(data_root or DEFAULT_DATA_ROOT)
+    default = generated_root(card.generator) if card.generator else DEFAULT_DATA_ROOT
+    root = _card_root(card) or Path(data_root or default)
     return {key: Path(overrides.get(key) or root / rel).expanduser() for key, rel in card.files.items()}
 
 
