@@ -3,6 +3,7 @@
 Examples:
     python -m vlm_eval --vlm llava --encoder simclip --task coco
     python -m vlm_eval --vlm tiny-random-llava --encoder tiny-random --task demo
+    python -m vlm_eval --encoder mini-clip --task mini-zeroshot      (zero-shot classification, no VLM)
     python -m vlm_eval list
 """
 
@@ -42,7 +43,8 @@ def eval_parser() -> argparse.ArgumentParser:
         description="Evaluate a VLM with a (robust) CLIP encoder swapped in. `python -m vlm_eval list` shows "
         "the VLMs, encoders and tasks.",
     )
-    p.add_argument("--vlm", default=defaults.vlm, help="VLM card (default %(default)s)")
+    p.add_argument("--vlm", default=defaults.vlm,
+                   help="VLM card (default %(default)s); ignored by zero-shot classification tasks")
     p.add_argument("--encoder", default=defaults.encoder,
                    help="encoder card or alias (openai/clip, tecoa2, tecoa4/tecoa, fare2, fare4/fare, simclip2, "
                         "simclip4/simclip), a checkpoint path, or hf-hub:org/name (default %(default)s)")
@@ -60,7 +62,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="folder with the task's files (default ./data)")
     p.add_argument("--data", action="append", default=[], metavar="KEY=PATH",
                    help="override one file of the task card, e.g. --data image_dir=/data/coco/val2014")
-    p.add_argument("--output-dir", help="run folder (default results/<task>-<vlm>-<encoder>-<time>)")
+    p.add_argument("--output-dir", help="run folder (default results/<task>-<vlm>-<encoder>-<time>, "
+                                        "zero-shot: results/<task>-<encoder>-<time>)")
     p.add_argument("--weights-dir", help="extra folder searched for encoder checkpoints")
     p.add_argument("--encoder-arch", default=defaults.encoder_arch,
                    help="open_clip architecture of an encoder given as a path (default %(default)s)")
@@ -105,13 +108,24 @@ def summary_table(run_dir: Path) -> str:
         "",
         f"run folder  {run_dir}",
         f"task        {config['resolved']['task_card']}   samples {summary['n_samples']}   skipped {summary['n_skipped']}",
-        f"model       {config['resolved']['vlm_card']} + {config['resolved']['encoder_card'] or 'native tower'}"
-        f"   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
+        f"model       {_model_line(config['resolved'])}   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
     ]
-    lines += [f"{name:<12}{value:.2f}" if value is not None else f"{name:<12}n/a" for name, value in summary["metrics"].items()]
+    lines += [f"{name:<12}{_metric(value)}" for name, value in summary["metrics"].items()]
     if prov["random_weights"]:
         lines.append("NOTE: random-weight models: these scores are meaningless; they only show the pipeline runs.")
     return "\n".join(lines)
+
+
+def _model_line(resolved: dict) -> str:
+    if resolved["vlm_card"] is None:  # zero-shot classification: the encoder alone
+        return f"{resolved['encoder_card']} (zero-shot classifier)"
+    return f"{resolved['vlm_card']} + {resolved['encoder_card'] or 'native tower'}"
+
+
+def _metric(value: float | int | None) -> str:
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.2f}"
 
 
 def list_command(argv: list[str]) -> int:

@@ -1,5 +1,9 @@
 """One clean evaluation: task card -> samples -> batches -> VLM -> metric -> run folder.
 
+Zero-shot classification tasks (type `zeroshot`) take a second path through the same steps: no VLM
+is loaded (`--vlm` is ignored), the encoder card's whole CLIP becomes a classifier
+(`vlm_eval.tasks.zeroshot`), and the run folder has the same files.
+
 Order matters: every check that can fail (names, cards, device, data, Java, weights) runs before
 anything heavy is loaded, and the run folder is created only once the models are loaded, so a
 failed start leaves nothing behind. Outputs are appended to `samples.jsonl` batch by batch, so a
@@ -21,11 +25,14 @@ from vlm_eval.errors import BadSampleError, MissingResourceError, VlmEvalError
 log = logging.getLogger(__name__)
 
 
+ZEROSHOT = "zeroshot"  # the task type evaluated without a VLM
+
+
 @dataclass
 class Resolved:
     """The cards, task and runtime choices that a config names, checked before loading anything."""
 
-    vlm_card: Any
+    vlm_card: Any | None  # None for zero-shot tasks
     encoder_card: Any | None  # None in native mode
     task_card: Any
     task: Any
@@ -34,23 +41,49 @@ class Resolved:
     run_dir: Path
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def zeroshot(self) -> bool:
+        return self.task_card.type == ZEROSHOT
+
 
 def run(config: EvalConfig) -> Path:
     """Evaluate, write the run folder and return its path."""
-    from vlm_eval.data import save_subset_ids, select_subset
+    from vlm_eval.data import select_subset
     from vlm_eval.tasks.data import read_task_samples
 
     resolved = resolve(config)
     files = preflight(config, resolved)
     samples = select_subset(read_task_samples(resolved.task_card, files), config.n_samples, config.seed)
+    if resolved.zeroshot:
+        return run_zeroshot(config, resolved, files, samples)
     vlm = load_vlm(config, resolved)
+
+    run_dir = start_run_dir(config, resolved, samples)
+    records, skipped = generate_all(vlm, resolved.task, samples, config, run_dir)
+    metrics = score_records(resolved.task, records)
+    write_outcome(run_dir, config, resolved, records, skipped, metrics)
+    return run_dir
+
+
+def run_zeroshot(config: EvalConfig, resolved: Resolved, files: dict[str, Path], samples: list[Any]) -> Path:
+    """The zero-shot path of `run`: the encoder's CLIP classifies each image among the task's classes."""
+    classes = resolved.task.classes(files)
+    classifier = load_classifier(config, resolved, classes)
+
+    run_dir = start_run_dir(config, resolved, samples)
+    records, skipped = classify_all(classifier, resolved, samples, classes, config, run_dir)
+    metrics = resolved.task.metrics(records, len(classes))
+    write_outcome(run_dir, config, resolved, records, skipped, metrics)
+    return run_dir
+
+
+def start_run_dir(config: EvalConfig, resolved: Resolved, samples: list[Any]) -> Path:
+    """Create the run folder with config.json and subset_ids.txt (once the models are loaded)."""
+    from vlm_eval.data import save_subset_ids
 
     run_dir = make_run_dir(resolved.run_dir)
     save_subset_ids(run_dir / "subset_ids.txt", samples)
     results.write_json(run_dir / "config.json", full_config(config, resolved))
-    records, skipped = generate_all(vlm, resolved.task, samples, config, run_dir)
-    metrics = score_records(resolved.task, records)
-    write_outcome(run_dir, config, resolved, records, skipped, metrics)
     return run_dir
 
 
@@ -60,9 +93,10 @@ def resolve(config: EvalConfig) -> Resolved:
     from vlm_eval.vlms.prompts import INSTRUCTIONS
 
     task_card = cards.load_card("tasks", config.task)
-    vlm_card = cards.load_card("vlms", config.vlm)
-    encoder_card = resolve_encoder_card(config)
-    if task_card.prompt not in INSTRUCTIONS:
+    zeroshot = task_card.type == ZEROSHOT
+    vlm_card = None if zeroshot else cards.load_card("vlms", config.vlm)
+    encoder_card = load_encoder_card(config) if zeroshot else resolve_encoder_card(config)
+    if not zeroshot and task_card.prompt not in INSTRUCTIONS:
         raise VlmEvalError(f"task card {task_card.card_path}: unknown prompt {task_card.prompt!r}; known: {', '.join(INSTRUCTIONS)}")
     device = resolve_device(config.device)
     precision = config.precision if config.precision != "auto" else ("fp16" if device.startswith("cuda") else "fp32")
@@ -71,7 +105,7 @@ def resolve(config: EvalConfig) -> Resolved:
         task = TASK_TYPES.get(task_card.type)(task_card, options)
     except ValueError as exc:
         raise VlmEvalError(f"task {task_card.name!r}: {exc}") from exc
-    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config))
+    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config, zeroshot))
 
 
 def resolve_encoder_card(config: EvalConfig) -> Any | None:
@@ -83,6 +117,11 @@ def resolve_encoder_card(config: EvalConfig) -> Any | None:
                 "ignored; robust encoders are 224-px models: use --resolution 224"
             )
         return None
+    return load_encoder_card(config)
+
+
+def load_encoder_card(config: EvalConfig) -> Any:
+    """The card of `--encoder` (a card name, a checkpoint path or hf-hub:), checked against --resolution."""
     from vlm_eval.encoders.openclip_family import encoder_card_from_spec
 
     card = encoder_card_from_spec(config.encoder, arch=config.encoder_arch) or cards.load_card("encoders", config.encoder)
@@ -108,6 +147,7 @@ def resolve_device(name: str) -> str:
 def preflight(config: EvalConfig, resolved: Resolved) -> dict[str, Path]:
     """The task's data files; raises one error listing every missing resource (data, Java, weights)."""
     from vlm_eval.encoders.openclip_family import resolve_checkpoint
+    from vlm_eval.encoders.text import tokenizer_file
     from vlm_eval.listing import vlm_status
     from vlm_eval.tasks.data import check_task_data, prepare_generated_data
 
@@ -125,9 +165,12 @@ def preflight(config: EvalConfig, resolved: Resolved) -> dict[str, Path]:
     attempt(resolved.task.check_requirements)
     if resolved.encoder_card is not None:
         attempt(lambda: resolve_checkpoint(resolved.encoder_card, _path(config.weights_dir), config.allow_download))
-    present, where = vlm_status(resolved.vlm_card)
-    if not present and not config.allow_download:
-        problems.append(f"weights of VLM {resolved.vlm_card.name!r} not found: {where} (or rerun with --allow-download)")
+    if resolved.zeroshot:
+        attempt(lambda: tokenizer_file(resolved.encoder_card))
+    else:
+        present, where = vlm_status(resolved.vlm_card)
+        if not present and not config.allow_download:
+            problems.append(f"weights of VLM {resolved.vlm_card.name!r} not found: {where} (or rerun with --allow-download)")
     if problems:
         raise MissingResourceError("\n\n".join(problems))
     return files
@@ -147,7 +190,7 @@ def load_vlm(config: EvalConfig, resolved: Resolved) -> Any:
     from vlm_eval.encoders import ENCODER_FAMILIES
     from vlm_eval.vlms import VLM_FAMILIES
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[resolved.precision]
+    dtype = torch_dtype(resolved.precision)
     encoder = None
     if resolved.encoder_card is not None:
         load_encoder = ENCODER_FAMILIES.get(resolved.encoder_card.family)
@@ -159,12 +202,9 @@ def load_vlm(config: EvalConfig, resolved: Resolved) -> Any:
 
 
 def provenance(resolved: Resolved, encoder: Any | None, vlm: Any) -> dict[str, Any]:
-    cards_used = [c for c in (resolved.vlm_card, resolved.encoder_card, resolved.task_card) if c is not None]
     random_encoder = resolved.encoder_card is not None and "random" in resolved.encoder_card.source
     return {
-        "packages": results.package_versions(),
-        "git_revision": results.git_revision(cards.CARD_ROOT),
-        "cards": {c.name: results.file_sha256(c.card_path) for c in cards_used if c.card_path},
+        **shared_provenance(resolved.vlm_card, resolved.encoder_card, resolved.task_card),
         "encoder": None if encoder is None else {
             "name": encoder.card.name, "checkpoint": encoder.checkpoint, "sha256": encoder.sha256,
         },
@@ -174,6 +214,81 @@ def provenance(resolved: Resolved, encoder: Any | None, vlm: Any) -> dict[str, A
         "precision": resolved.precision,
         "device": resolved.device,
     }
+
+
+def shared_provenance(*cards_used: Any) -> dict[str, Any]:
+    """Package versions, the toolkit's git revision and the sha256 of each card used (None: not used)."""
+    return {
+        "packages": results.package_versions(),
+        "git_revision": results.git_revision(cards.CARD_ROOT),
+        "cards": {c.name: results.file_sha256(c.card_path) for c in cards_used if c is not None and c.card_path},
+    }
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def load_classifier(config: EvalConfig, resolved: Resolved, classes: list[Any]) -> Any:
+    """The encoder's zero-shot classifier over `classes`; records checkpoint and hashes in provenance."""
+    from vlm_eval.tasks.zeroshot import load_zeroshot_classifier
+
+    classifier, loaded = load_zeroshot_classifier(
+        resolved.encoder_card, [c.name for c in classes], resolved.task.templates,
+        weights_dir=_path(config.weights_dir), allow_download=config.allow_download,
+        device=resolved.device, dtype=torch_dtype(resolved.precision),
+    )
+    resolved.provenance.update(zeroshot_provenance(resolved, loaded, len(classes)))
+    return classifier
+
+
+def zeroshot_provenance(resolved: Resolved, loaded: Any, n_classes: int) -> dict[str, Any]:
+    """As `provenance`, with the tokenizer's file hash and no VLM."""
+    from vlm_eval.encoders.text import tokenizer_file
+
+    card = resolved.encoder_card
+    tokenizer = tokenizer_file(card)
+    return {
+        **shared_provenance(card, resolved.task_card),
+        "encoder": {
+            "name": card.name, "checkpoint": loaded.checkpoint, "sha256": loaded.sha256,
+            "tokenizer": card.tokenizer, "tokenizer_sha256": tokenizer and results.file_sha256(tokenizer),
+        },
+        "vlm": None,
+        "random_weights": "random" in card.source,
+        "resolution": loaded.image_size,
+        "precision": resolved.precision,
+        "device": resolved.device,
+        "n_classes": n_classes,
+    }
+
+
+def classify_all(classifier: Any, resolved: Resolved, samples: list[Any], classes: list[Any], config: EvalConfig,
+                 run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Classify every sample in batches, appending each batch's records (with scores) to samples.jsonl."""
+    import torch
+    from tqdm import tqdm
+
+    from vlm_eval.data import preprocess_clip_image
+
+    def preprocess(image: Any) -> Any:
+        return preprocess_clip_image(image, classifier.image_size)
+
+    records, skipped = [], []
+    with tqdm(total=len(samples), desc="classifying", unit="sample") as bar, torch.no_grad():
+        for start in range(0, len(samples), config.batch_size):
+            chunk = samples[start : start + config.batch_size]
+            pixels, kept, bad = load_pixels(chunk, preprocess, config.strict)
+            skipped += bad
+            if kept:
+                logits = classifier(torch.stack(pixels).to(resolved.device))
+                new = resolved.task.records(kept, logits, classes)
+                results.append_jsonl(run_dir / "samples.jsonl", new)
+                records += new
+            bar.update(len(chunk))
+    return records, skipped
 
 
 def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, run_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -199,23 +314,31 @@ def load_batch(vlm: Any, task: Any, chunk: list[Any], strict: bool) -> tuple[Any
     """(Batch, the samples in it, skipped samples): unreadable images are skipped, or raise if strict."""
     import torch
 
-    from vlm_eval.data import load_image, preprocess_image
+    from vlm_eval.data import preprocess_image
     from vlm_eval.vlms.base import Batch
+
+    pixels, kept, skipped = load_pixels(chunk, lambda image: preprocess_image(image, vlm.image_size), strict)
+    if not kept:
+        return None, kept, skipped
+    prompts = [vlm.format_prompt(*task.prompt_args(s)) for s in kept]
+    return Batch([s.id for s in kept], torch.stack(pixels), prompts), kept, skipped
+
+
+def load_pixels(chunk: list[Any], preprocess: Any, strict: bool) -> tuple[list[Any], list[Any], list[dict]]:
+    """(pixel tensors, the samples they belong to, skipped samples); bad images are skipped, or raise if strict."""
+    from vlm_eval.data import load_image
 
     pixels, kept, skipped = [], [], []
     for sample in chunk:
         try:
-            pixels.append(preprocess_image(load_image(sample.image_path, sample.id), vlm.image_size))
+            pixels.append(preprocess(load_image(sample.image_path, sample.id)))
             kept.append(sample)
         except BadSampleError as exc:
             if strict:
                 raise
             log.warning("skipping %s (use --strict to stop instead)", exc)
             skipped.append({"id": sample.id, "reason": str(exc)})
-    if not kept:
-        return None, kept, skipped
-    prompts = [vlm.format_prompt(*task.prompt_args(s)) for s in kept]
-    return Batch([s.id for s in kept], torch.stack(pixels), prompts), kept, skipped
+    return pixels, kept, skipped
 
 
 def sample_record(sample: Any, raw: str, output: str) -> dict:
@@ -238,11 +361,13 @@ def score_records(task: Any, records: list[dict]) -> dict[str, float]:
     return metrics
 
 
-def run_dir_for(config: EvalConfig) -> Path:
+def run_dir_for(config: EvalConfig, zeroshot: bool = False) -> Path:
+    """--output-dir, else results/<task>-<vlm>-<encoder>-<time> (zero-shot: results/<task>-<encoder>-<time>)."""
     if config.output_dir:
         return Path(config.output_dir)
-    encoder = Path(config.encoder).stem if config.resolution == 224 else "native"
-    return Path("results") / f"{config.task}-{config.vlm}-{encoder}-{time.strftime('%Y%m%d-%H%M%S')}"
+    encoder = Path(config.encoder).stem if config.resolution == 224 or zeroshot else "native"
+    models = encoder if zeroshot else f"{config.vlm}-{encoder}"
+    return Path("results") / f"{config.task}-{models}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def make_run_dir(run_dir: Path) -> Path:
@@ -256,14 +381,17 @@ def make_run_dir(run_dir: Path) -> Path:
 def full_config(config: EvalConfig, resolved: Resolved) -> dict[str, Any]:
     """The config as run: names resolved to cards, auto choices made, task options included."""
     resolved_names = {
-        "vlm_card": resolved.vlm_card.name,
+        "vlm_card": resolved.vlm_card.name if resolved.vlm_card else None,
         "encoder_card": resolved.encoder_card.name if resolved.encoder_card else None,
         "task_card": resolved.task_card.name,
         "device": resolved.device,
         "precision": resolved.precision,
         **resolved.task.options(),
     }
-    return {**config.to_dict(), "resolved": resolved_names}
+    given = config.to_dict()
+    if resolved.zeroshot:
+        given["vlm"] = None  # ignored: a zero-shot run loads no VLM
+    return {**given, "resolved": resolved_names}
 
 
 def write_outcome(run_dir: Path, config: EvalConfig, resolved: Resolved, records: list[dict],

@@ -13,6 +13,10 @@ exactly what the PIL ("slow") CLIPImageProcessor does (transformers 4 default, t
 `CLIPImageProcessorPil`), and what LLaVA-1.5 and RobustVLM were evaluated with. Transformers 5's
 default `CLIPImageProcessor` resizes with torchvision on tensors instead, which differed from PIL
 by at most one uint8 level in our checks; we do not follow it.
+
+Zero-shot classification uses CLIP's own preprocessing instead (`preprocess_clip_image`): no padding,
+the centre crop cuts the long side, with the crop offsets of torchvision's `CenterCrop`, as OpenAI's
+`clip.load` and open_clip's `image_transform` do.
 """
 
 from __future__ import annotations
@@ -90,7 +94,27 @@ def preprocess_image(
         image = image.convert("RGB")
     if pad_to_square:
         image = expand_to_square(image, fill)
-    image = _center_crop(_resize_shortest_side(image, size), size)
+    return _to_tensor(_center_crop(_resize_shortest_side(image, size), size))
+
+
+def preprocess_clip_image(image: Image.Image, size: int) -> torch.Tensor:
+    """CLIP's evaluation preprocessing without the mean/std normalisation: a (3, size, size) [0, 1] tensor.
+
+    Resize the short side to `size` (PIL bicubic) and centre-crop, as torchvision's
+    `Resize(size, BICUBIC)` + `CenterCrop(size)` in OpenAI's and open_clip's transforms. It differs
+    from `preprocess_image(..., pad_to_square=False)` only in the crop offset: torchvision rounds
+    half the excess (Python's round, half to even) where transformers floors it, so for some aspect
+    ratios the two crops are one pixel apart.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    image = _resize_shortest_side(image, size)
+    width, height = image.size
+    left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+    return _to_tensor(image.crop((left, top, left + size, top + size)))
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
     # float64 multiply then float32, as transformers' rescale does, for bit-identical values.
     array = (np.asarray(image, dtype=np.uint8).astype(np.float64) * (1 / 255)).astype(np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()

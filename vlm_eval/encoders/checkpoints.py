@@ -1,4 +1,4 @@
-"""Reading encoder checkpoints and loading them into an open_clip vision tower.
+"""Reading encoder checkpoints and loading them into an open_clip vision tower (or a whole CLIP).
 
 Robust CLIP encoders are released in three layouts, all holding open_clip `VisionTransformer` weights:
 
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "raw_visual", "vision_encoder_state_dict", "open_clip_full")
 TECOA_KEY = "vision_encoder_state_dict"
+TEXT_TOWER_KEY = "token_embedding.weight"  # present in every open_clip CLIP with its own text tower
 MAX_LISTED = 10  # keys listed per category in an error message
 
 
@@ -101,6 +102,39 @@ def extract_visual_state_dict(obj: Mapping[str, Any], fmt: str) -> dict[str, tor
                 "(a raw visual state dict? then use format raw_visual or auto)"
             )
         obj = visual
+    _check_tensors(obj)
+    return dict(obj)
+
+
+def extract_clip_state_dict(obj: Mapping[str, Any], fmt: str) -> dict[str, torch.Tensor]:
+    """The whole open_clip CLIP state dict (vision and text towers, `logit_scale`) in a checkpoint.
+
+    Zero-shot classification needs the text tower, so only the `open_clip_full` layout will do; a
+    vision-only checkpoint is refused with an explanation rather than a list of missing keys.
+
+    Args:
+        obj: what `read_state_dict` returned.
+        fmt: one of `FORMATS`; "auto" detects the layout from the keys.
+
+    Raises:
+        CheckpointError: unknown format, unknown layout, or a checkpoint without the text tower.
+    """
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; known: {', '.join(FORMATS)}")
+    obj = _unwrap(obj)
+    layout = detect_format(obj) if fmt in ("auto", "open_clip_full") else fmt
+    if layout == "open_clip_full" and TEXT_TOWER_KEY not in obj and any(str(k).startswith("text.") for k in obj):
+        raise CheckpointError(
+            "this checkpoint's text tower is a custom one (keys text.*, open_clip's CustomTextCLIP, e.g. a HF text "
+            "model); zero-shot classification supports CLIP models with open_clip's own text tower"
+        )
+    if layout != "open_clip_full" or TEXT_TOWER_KEY not in obj:
+        raise CheckpointError(
+            f"this checkpoint holds only a vision tower (layout {layout}, no {TEXT_TOWER_KEY!r}), but zero-shot "
+            "classification needs the text tower too. The robust FARE / TeCoA / Sim-CLIP releases hold only the "
+            "vision tower; pairing them with OpenAI CLIP's text tower is future work. Use a full open_clip "
+            "CLIP checkpoint (model.state_dict(), keys visual.*, token_embedding.*, logit_scale, ...)."
+        )
     _check_tensors(obj)
     return dict(obj)
 

@@ -7,6 +7,9 @@ A card's `source` says where the weights come from:
 * `{hf_hub: <repo>, filenames: [...], format: <fmt>}`: a file of a HF hub repo, looked up in
   `--weights-dir` and then in the local HF cache; downloaded only when explicitly allowed.
 
+`load_openclip_encoder` builds the vision tower only (what a VLM needs); `load_openclip_clip` builds
+the whole CLIP, text tower and `logit_scale` included (what zero-shot classification needs).
+
 This module imports neither torch nor open_clip at import time, so that `weights_status` (used by the
 `list` command) stays cheap; building and loading import them on demand.
 """
@@ -110,6 +113,85 @@ def load_openclip_encoder(
     )
 
 
+@dataclass
+class LoadedClip:
+    """A whole open_clip CLIP (vision and text towers, `logit_scale`), with its provenance.
+
+    Attributes:
+        model: the open_clip `CLIP`; fp32, eval mode, parameters without gradients.
+        card: the card it was built from.
+        checkpoint: the weights file, or None for a random init.
+        sha256: hex SHA-256 of `checkpoint`, or None.
+        image_size: input resolution in pixels.
+        context_length: the text tower's number of token positions.
+    """
+
+    model: nn.Module
+    card: EncoderCard
+    checkpoint: str | None
+    sha256: str | None
+    image_size: int
+    context_length: int
+
+
+def load_openclip_clip(card: EncoderCard, weights_dir: Path | None = None, allow_download: bool = False) -> LoadedClip:
+    """Build the card's whole CLIP and load its weights (strictly); nothing is downloaded unless allowed.
+
+    The weights are found as for `load_openclip_encoder`, but only an `open_clip_full` checkpoint
+    fits: a vision-only one (raw_visual, vision_encoder_state_dict) lacks the text tower.
+
+    Raises:
+        CardError: malformed `source`, unknown architecture, or an architecture without `text_cfg`.
+        MissingResourceError: the weights file is not found (the message says how to get it).
+        CheckpointError: the file is unreadable, holds only a vision tower, or does not fit.
+    """
+    import torch
+
+    from vlm_eval.encoders import checkpoints
+
+    if card.family != FAMILY:
+        raise CardError(f"encoder {card.name} is of family {card.family!r}, not {FAMILY!r}")
+    config = clip_config(card)
+    path = resolve_checkpoint(card, weights_dir, allow_download)
+    if path is None:
+        torch.manual_seed(_seed(card))
+        model = _build_clip(card, config)
+        digest = None
+    else:
+        fmt = card.source.get("format", "auto")
+        log.info("encoder %s: loading the whole CLIP from %s (format %s)", card.name, path, fmt)
+        try:
+            state_dict = checkpoints.extract_clip_state_dict(checkpoints.read_state_dict(path), fmt)
+        except CheckpointError as exc:
+            raise CheckpointError(f"encoder {card.name}: {path}: {exc}") from exc
+        with torch.device("meta"):  # no random init of weights that are replaced at once
+            model = _build_clip(card, config)
+        checkpoints.load_visual_weights(model, state_dict, source=f"{path} (encoder {card.name}, whole CLIP)")
+        _rebuild_causal_mask(model)
+        _assert_materialized(model, path)
+        digest = file_sha256(path)
+    model = model.float().eval().requires_grad_(False)
+    return LoadedClip(model=model, card=card, checkpoint=None if path is None else str(path), sha256=digest,
+                      image_size=_image_size(config), context_length=int(model.context_length))
+
+
+def clip_config(card: EncoderCard) -> dict[str, Any]:
+    """`model_config` of a card, checked to describe a whole open_clip `CLIP` (with its text tower).
+
+    Raises:
+        CardError: no `text_cfg`, or a model open_clip builds as another class (custom text tower, CoCa).
+    """
+    config = model_config(card)
+    if "text_cfg" not in config:
+        raise CardError(f"encoder {card.name}: the model config has no `text_cfg`; zero-shot classification "
+                        "needs the text tower's architecture (add text_cfg to arch_config)")
+    other = [key for key in ("custom_text", "multimodal_cfg") if config.get(key)]
+    if other:
+        raise CardError(f"encoder {card.name}: {card.arch!r} is not a plain open_clip CLIP ({other[0]} is set); "
+                        "zero-shot classification supports CLIP models with open_clip's own text tower")
+    return config
+
+
 def build_visual(card: EncoderCard) -> nn.Module:
     """The card's vision tower with open_clip's random init (no weights, no download)."""
     return _build_visual(model_config(card))
@@ -199,7 +281,8 @@ def weights_status(card: EncoderCard, weights_dir: Path | None = None) -> tuple[
 def encoder_card_from_spec(spec: str, arch: str = DEFAULT_ARCH) -> EncoderCard | None:
     """An ad-hoc card for an `--encoder` value that is a checkpoint file or `hf-hub:org/name`.
 
-    Returns None for anything else, so that the caller looks the value up among the cards.
+    Returns None for anything else, so that the caller looks the value up among the cards. The
+    tokenizer (used by zero-shot classification only) is open_clip's for `arch`.
 
     Args:
         spec: a path to an existing checkpoint file, or `hf-hub:org/name` (an open_clip hub repo).
@@ -210,12 +293,12 @@ def encoder_card_from_spec(spec: str, arch: str = DEFAULT_ARCH) -> EncoderCard |
         if repo.count("/") != 1 or not all(repo.split("/")):
             raise CardError(f"encoder {spec!r}: expected hf-hub:<org>/<name>")
         source = {"hf_hub": repo, "filenames": list(OPEN_CLIP_HUB_FILENAMES), "format": "open_clip_full"}
-        return EncoderCard(name=spec, family=FAMILY, arch=arch, source=source,
+        return EncoderCard(name=spec, family=FAMILY, arch=arch, source=source, tokenizer=arch,
                            description=f"open_clip weights from the HF hub repo {repo}")
     path = Path(spec).expanduser()
     if path.is_file():
         path = path.resolve()
-        return EncoderCard(name=path.stem, family=FAMILY, arch=arch,
+        return EncoderCard(name=path.stem, family=FAMILY, arch=arch, tokenizer=arch,
                            source={"path": str(path), "format": "auto"},
                            description=f"local checkpoint {path}")
     return None
@@ -233,6 +316,29 @@ def _build_visual(config: dict[str, Any]) -> nn.Module:
         return _build_vision_tower(config["embed_dim"], config["vision_cfg"], bool(config.get("quick_gelu", False)))
     except TypeError as exc:
         raise CardError(f"invalid open_clip vision_cfg {config['vision_cfg']}: {exc}") from exc
+
+
+def _build_clip(card: EncoderCard, config: dict[str, Any]) -> nn.Module:
+    import open_clip
+
+    kwargs = {k: v for k, v in config.items() if k != "custom_text"}  # clip_config refused a true value
+    try:
+        return open_clip.CLIP(**kwargs)
+    except TypeError as exc:
+        raise CardError(f"encoder {card.name}: the model config does not build an open_clip CLIP: {exc}") from exc
+
+
+def _rebuild_causal_mask(model: nn.Module) -> None:
+    """Recompute the text tower's causal mask, a non-persistent buffer left empty by a meta-device build.
+
+    It is what open_clip builds: -inf above the diagonal, 0 elsewhere (a token attends to itself
+    and to the tokens before it).
+    """
+    import torch
+
+    mask = getattr(model, "attn_mask", None)
+    if mask is not None and mask.is_meta:
+        model.attn_mask = torch.full(tuple(mask.shape), float("-inf")).triu_(1)
 
 
 def _seed(card: EncoderCard) -> int:

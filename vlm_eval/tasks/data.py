@@ -89,6 +89,14 @@ def _read_vqa(card: Any, files: dict[str, Path]) -> list[Any]:
     return read_vqa(files["questions_json"], files["annotations_json"], files["image_dir"], card.image_file)
 
 
+@READERS.register("imagefolder")
+def _read_imagefolder(card: Any, files: dict[str, Path]) -> list[Any]:
+    from vlm_eval.data import read_imagefolder
+
+    _require_files(card, "image_dir", "class_index_json")
+    return read_imagefolder(files["image_dir"], files["class_index_json"])
+
+
 def _card_root(card: Any) -> Path | None:
     if card.data_root is None:
         return None
