@@ -14,6 +14,9 @@ from vlm_eval import cards
 def vlm_status(card: Any) -> tuple[bool, str]:
     if card.build is not None:
         return True, "random weights, built on the fly"
+    if card.path is not None:
+        folder = (Path(card.card_path).parent / card.path).resolve()
+        return (folder / "config.json").is_file(), str(folder)
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(card.hf_id, "config.json")
@@ -25,6 +28,8 @@ def vlm_status(card: Any) -> tuple[bool, str]:
 def task_status(card: Any, data_root: Path | None) -> tuple[bool, str]:
     from vlm_eval.tasks.data import missing_files
 
+    if card.generator is not None and data_root is None:
+        return True, f"generated on first use ({card.generator})"
     missing = missing_files(card, data_root)
     if missing:
         return False, f"missing {len(missing)} of {len(card.files)} files, e.g. {missing[0]}"

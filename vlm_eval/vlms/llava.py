@@ -11,6 +11,7 @@ Pixels enter in [0, 1] (the attack's space); the CLIP mean/std normalisation hap
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -197,15 +198,23 @@ def _load_model(card: Any, dtype: torch.dtype, allow_download: bool) -> tuple[An
         return random_llava(card.build["vision"], card.build["text"], card.build.get("seed", 0)), byte_tokenizer()
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
+    source = local_path(card) or card.hf_id
     try:
-        tokenizer = AutoTokenizer.from_pretrained(card.hf_id, local_files_only=not allow_download)
-        model = LlavaForConditionalGeneration.from_pretrained(
-            card.hf_id, dtype=dtype, local_files_only=not allow_download
-        )
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+        model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, local_files_only=not allow_download)
     except OSError as exc:
+        if card.path is not None:
+            raise MissingResourceError(f"VLM {card.name!r}: cannot load {source}: {exc}") from exc
         raise MissingResourceError(
             f"VLM {card.name!r}: the weights of {card.hf_id} are not in the local Hugging Face cache "
             f"({exc.__class__.__name__}). Get them with `hf download {card.hf_id}` (about 14 GB), "
             "or run with --allow-download."
         ) from exc
     return model, tokenizer
+
+
+def local_path(card: Any) -> str | None:
+    """The card's shipped model folder (relative to the card), or None for hub models."""
+    if card.path is None:
+        return None
+    return str((Path(card.card_path).parent / card.path).resolve())
