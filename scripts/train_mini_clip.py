@@ -1,0 +1,137 @@
+"""Recipe: train the mini world's CLIP (`encoders/mini-clip.yaml`) contrastively, from scratch, on CPU.
+
+    python scripts/train_mini_clip.py                       # the committed weights (about 13 min on 2 cores)
+    python scripts/train_mini_clip.py --steps 3 --train-size 64 --out /tmp/clip.safetensors   # smoke test
+
+The architecture comes from the card (open_clip's own `CLIP` class), the text tokenizer from
+`vlm_eval.miniworld.tokenizers`. Batches hold whole shape-twin pairs of the training split (see
+`vlm_eval.miniworld.scenes`), so the loss can only be lowered by telling shapes apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "assets" / "miniworld" / "mini-clip.safetensors"
+DEFAULT_TOKENIZER = REPO / "assets" / "miniworld" / "mini-clip-tokenizer.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", type=Path, help="a mini world written by `python -m vlm_eval.miniworld DIR` (default: the cache the tasks use, "
+                   "completed with the training images if needed)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--tokenizer-out", type=Path, default=DEFAULT_TOKENIZER)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=128, help="images per step (whole twin pairs)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--logit-scale", type=float, default=30.0, help="initial temperature (learned)")
+    p.add_argument("--train-size", type=int, help="use only the first N training images (smoke tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    images, captions = training_data(args.world, args.train_size)
+    model, tokenize = build_model(args.logit_scale, args.tokenizer_out)
+    train(model, tokenize, images, captions, args)
+    save(model, args.out)
+
+
+def training_data(world: Path | None, limit: int | None) -> tuple[torch.Tensor, list[tuple[str, ...]]]:
+    """The training images (uint8, in memory) and their five captions, read through the real reader."""
+    from vlm_eval.data import read_karpathy_captions
+    from vlm_eval.miniworld.export import ensure_train_data, existing_world
+    from vlm_eval.miniworld.training import load_images
+    from vlm_eval.tasks.data import generated_root
+
+    root = existing_world(world, "train") if world else ensure_train_data(generated_root("miniworld"))
+    samples = read_karpathy_captions(root / "dataset_miniworld.json", root / "images", split="train")
+    samples = samples[: limit - limit % 2] if limit else samples  # whole twin pairs only
+    return load_images([s.image_path for s in samples]), [s.references for s in samples]
+
+
+def build_model(logit_scale: float, tokenizer_out: Path):
+    """open_clip `CLIP` of the card's architecture, and a tokenizer function for its text tower."""
+    import open_clip
+
+    from vlm_eval import cards
+    from vlm_eval.encoders.openclip_family import model_config
+    from vlm_eval.miniworld.tokenizers import clip_tokenizer
+
+    config = model_config(cards.load_card("encoders", "mini-clip"))
+    tokenizer = clip_tokenizer()
+    if tokenizer.get_vocab_size() != config["text_cfg"]["vocab_size"]:
+        raise SystemExit(f"the card's vocab_size {config['text_cfg']['vocab_size']} != tokenizer size "
+                         f"{tokenizer.get_vocab_size()}: update encoders/mini-clip.yaml")
+    tokenizer_out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(tokenizer_out))
+    model = open_clip.CLIP(**config, init_logit_scale=math.log(logit_scale))
+    context = config["text_cfg"]["context_length"]
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        ids = torch.zeros((len(texts), context), dtype=torch.long)
+        for row, encoding in enumerate(tokenizer.encode_batch(texts)):
+            ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids[:context])
+        return ids
+
+    return model, tokenize
+
+
+def train(model, tokenize, images: torch.Tensor, captions: list[tuple[str, ...]], args: argparse.Namespace) -> None:
+    from open_clip.loss import ClipLoss
+
+    from vlm_eval.miniworld.training import adamw, lr_at, normalize
+
+    loss_fn, optimizer = ClipLoss(), adamw(model, args.lr, args.weight_decay)
+    generator = torch.Generator().manual_seed(args.seed)
+    n_pairs, pairs_per_batch = len(images) // 2, max(1, args.batch_size // 2)
+    model.train()
+    start, running = time.time(), []
+    for step in range(args.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        pairs = torch.randperm(n_pairs, generator=generator)[:pairs_per_batch]
+        index = torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()
+        pick = torch.randint(0, 5, (len(index),), generator=generator)
+        texts = [captions[i][k] for i, k in zip(index.tolist(), pick.tolist())]
+        image_features = model.encode_image(normalize(images[index]), normalize=True)
+        text_features = model.encode_text(tokenize(texts), normalize=True)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        running.append(loss.item())
+        if (step + 1) % 50 == 0 or step + 1 == args.steps:
+            print(f"step {step + 1}/{args.steps}  loss {sum(running) / len(running):.3f}  "
+                  f"scale {model.logit_scale.exp().item():.1f}  {time.time() - start:.0f}s", flush=True)
+            running = []
+
+
+def save(model, out: Path) -> None:
+    """The whole CLIP (vision and text towers) as safetensors, open_clip's own key layout."""
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Smoke tests of the mini world's training recipes (a few steps on a tiny world), and what they must keep."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm_eval.miniworld import export
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    return export.ensure(root, {"train": 8, "val": 0, "test": 0, "zeroshot": 0}, ("train",), workers=1)
+
+
+@pytest.fixture(scope="module")
+def trained_clip(world, tmp_path_factory) -> Path:
+    import train_mini_clip
+
+    out = tmp_path_factory.mktemp("clip")
+    train_mini_clip.main(["--world", str(world), "--steps", "2", "--batch-size", "4", "--warmup", "1",
+                          "--out", str(out / "clip.safetensors"), "--tokenizer-out", str(out / "tokenizer.json")])
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_llava(world, trained_clip, tmp_path_factory) -> Path:
+    import train_mini_llava
+
+    out = tmp_path_factory.mktemp("llava") / "mini-llava"
+    train_mini_llava.main(["--world", str(world), "--clip", str(trained_clip / "clip.safetensors"), "--steps", "2",
+                           "--batch-size", "4", "--warmup", "1", "--out", str(out)])
+    return out
+
+
+def _clip_card(path: Path):
+    import dataclasses
+
+    from vlm_eval import cards
+
+    card = cards.load_card("encoders", "mini-clip")
+    return dataclasses.replace(card, source={"path": str(path), "format": "open_clip_full"})
+
+
+def test_clip_recipe_writes_a_full_clip_the_card_loads(trained_clip):
+    from vlm_eval.encoders.openclip_family import load_openclip_clip
+
+    loaded = load_openclip_clip(_clip_card(trained_clip / "clip.safetensors"))
+    assert loaded.model.token_embedding.num_embeddings == 75
+    assert torch.isfinite(loaded.model.logit_scale)
+    assert (trained_clip / "tokenizer.json").is_file()
+
+
+def test_llava_recipe_keeps_the_vision_tower_frozen(trained_clip, trained_llava):
+    from transformers import LlavaForConditionalGeneration
+
+    from vlm_eval.encoders.convert import to_hf_vision_model
+    from vlm_eval.encoders.openclip_family import load_openclip_encoder
+
+    model = LlavaForConditionalGeneration.from_pretrained(trained_llava)
+    converted = to_hf_vision_model(load_openclip_encoder(_clip_card(trained_clip / "clip.safetensors")).visual)
+    tower = model.model.vision_tower.state_dict()
+    assert all(torch.equal(tower[k], v) for k, v in converted.state_dict().items())
+
+
+def test_training_loss_on_cached_features_equals_the_models_own_loss(world, trained_llava):
+    """The recipe's shortcut (cached tower features) computes exactly LLaVA's loss on pixels."""
+    import train_mini_llava
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from vlm_eval.data import load_image, preprocess_image
+    from vlm_eval.data.images import CLIP_MEAN, CLIP_STD
+    from vlm_eval.vlms.llava import LlavaAdapter
+
+    adapter = LlavaAdapter(LlavaForConditionalGeneration.from_pretrained(trained_llava),
+                           AutoTokenizer.from_pretrained(trained_llava), mode="robust")
+    captions, vqa, paths = train_mini_llava.training_data(world, None)
+    examples = [captions[0], vqa[1], captions[7]]
+    ids, mask, labels, rows = train_mini_llava.batch_tensors(adapter, examples)
+    features = train_mini_llava.vision_features(adapter.model.model.vision_tower, paths)
+    with torch.no_grad():
+        cached = train_mini_llava.language_model_loss(adapter.model, ids, mask, labels, features[rows])
+        pixels = torch.stack([preprocess_image(load_image(paths[r], str(r)), 224) for r in rows])
+        pixels = (pixels - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        direct = adapter.model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
+    assert cached.item() == pytest.approx(direct.item(), rel=1e-5)
+
+
+def test_shipped_llava_tokenizer_matches_the_recipes(trained_llava):
+    from transformers import AutoTokenizer
+
+    shipped = AutoTokenizer.from_pretrained(Path(export.__file__).resolve().parents[2] / "assets/miniworld/mini-llava")
+    assert shipped.get_vocab() == AutoTokenizer.from_pretrained(trained_llava).get_vocab()
