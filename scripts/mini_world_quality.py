@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,17 +54,19 @@ def reference_points(task: str, records: list[dict], root: Path) -> dict[str, fl
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=Path, default=REPO / "results" / "miniworld-quality")
+    p.add_argument("--runs", type=Path, default=REPO / "results" / f"miniworld-quality-{time.strftime('%Y%m%d-%H%M%S')}")
     args = p.parse_args(argv)
     from vlm_eval.miniworld.export import ensure_eval_data
     from vlm_eval.tasks.data import generated_root
 
     root = ensure_eval_data(generated_root("miniworld"))
+    sample_copy = Path(tempfile.mkdtemp()) / "sample"  # evaluation never writes into the repository
+    shutil.copytree(ASSETS / "sample", sample_copy)
     quality, sample = {}, {}
     for task, metric in RUNS.items():
         metrics, records = evaluate(task, args.runs / task, None)
         quality[task] = {metric: metrics[metric], "n": len(records), **reference_points(task, records, root)}
-        sample_metrics, sample_records = evaluate(task, args.runs / f"{task}-sample", ASSETS / "sample")
+        sample_metrics, sample_records = evaluate(task, args.runs / f"{task}-sample", sample_copy)
         sample[task] = {metric: sample_metrics[metric], "n": len(sample_records)}
     (ASSETS / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
     (ASSETS / "sample_scores.json").write_text(json.dumps(sample, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """Recipe: train the mini world's CLIP (`encoders/mini-clip.yaml`) contrastively, from scratch, on CPU.
 
     python scripts/train_mini_clip.py                       # the committed weights (about 13 min on 2 cores)
-    python scripts/train_mini_clip.py --steps 3 --train-size 64 --out /tmp/clip.safetensors   # smoke test
+    python scripts/train_mini_clip.py --steps 3 --train-size 64 --out /tmp/clip/mini-clip.safetensors   # smoke test
 
 The architecture comes from the card (open_clip's own `CLIP` class), the text tokenizer from
 `vlm_eval.miniworld.tokenizers`. Batches hold whole shape-twin pairs of the training split (see
@@ -19,7 +19,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "assets" / "miniworld" / "mini-clip.safetensors"
-DEFAULT_TOKENIZER = REPO / "assets" / "miniworld" / "mini-clip-tokenizer.json"
+TOKENIZER_NAME = "mini-clip-tokenizer.json"  # written next to the weights, where the card expects it
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +27,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--world", type=Path, help="a mini world written by `python -m vlm_eval.miniworld DIR` (default: the cache the tasks use, "
                    "completed with the training images if needed)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--tokenizer-out", type=Path, default=DEFAULT_TOKENIZER)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=128, help="images per step (whole twin pairs)")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     images, captions = training_data(args.world, args.train_size)
-    model, tokenize = build_model(args.logit_scale, args.tokenizer_out)
+    model, tokenize = build_model(args.logit_scale, args.out.with_name(TOKENIZER_NAME))
     train(model, tokenize, images, captions, args)
     save(model, args.out)
 
@@ -64,11 +63,12 @@ def training_data(world: Path | None, limit: int | None) -> tuple[torch.Tensor, 
 
 
 def build_model(logit_scale: float, tokenizer_out: Path):
-    """open_clip `CLIP` of the card's architecture, and a tokenizer function for its text tower."""
+    """open_clip `CLIP` of the card's architecture, and the toolkit's tokenizer function for its text tower."""
     import open_clip
 
     from vlm_eval import cards
     from vlm_eval.encoders.openclip_family import model_config
+    from vlm_eval.encoders.text import JsonTokenizer
     from vlm_eval.miniworld.tokenizers import clip_tokenizer
 
     config = model_config(cards.load_card("encoders", "mini-clip"))
@@ -79,15 +79,7 @@ def build_model(logit_scale: float, tokenizer_out: Path):
     tokenizer_out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(tokenizer_out))
     model = open_clip.CLIP(**config, init_logit_scale=math.log(logit_scale))
-    context = config["text_cfg"]["context_length"]
-
-    def tokenize(texts: list[str]) -> torch.Tensor:
-        ids = torch.zeros((len(texts), context), dtype=torch.long)
-        for row, encoding in enumerate(tokenizer.encode_batch(texts)):
-            ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids[:context])
-        return ids
-
-    return model, tokenize
+    return model, JsonTokenizer(tokenizer_out, config["text_cfg"]["context_length"])
 
 
 def train(model, tokenize, images: torch.Tensor, captions: list[tuple[str, ...]], args: argparse.Namespace) -> None:

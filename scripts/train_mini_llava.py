@@ -157,7 +157,7 @@ def train(adapter, features: torch.Tensor, captions: list[tuple], vqa: list[tupl
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         n_vqa = sum(rng.random() < args.vqa_share for _ in range(args.batch_size)) if vqa else 0
-        examples = rng.sample(vqa, n_vqa) + rng.sample(captions, args.batch_size - n_vqa)
+        examples = rng.choices(vqa, k=n_vqa) + rng.choices(captions, k=args.batch_size - n_vqa)
         ids, mask, labels, rows = batch_tensors(adapter, examples)
         loss = language_model_loss(model, ids, mask, labels, features[rows])
         if not torch.isfinite(loss):

@@ -23,7 +23,7 @@ def trained_clip(world, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("clip")
     train_mini_clip.main(["--world", str(world), "--steps", "2", "--batch-size", "4", "--warmup", "1",
-                          "--out", str(out / "clip.safetensors"), "--tokenizer-out", str(out / "tokenizer.json")])
+                          "--out", str(out / "clip.safetensors")])
     return out
 
 
@@ -52,7 +52,7 @@ def test_clip_recipe_writes_a_full_clip_the_card_loads(trained_clip):
     loaded = load_openclip_clip(_clip_card(trained_clip / "clip.safetensors"))
     assert loaded.model.token_embedding.num_embeddings == 75
     assert torch.isfinite(loaded.model.logit_scale)
-    assert (trained_clip / "tokenizer.json").is_file()
+    assert (trained_clip / "mini-clip-tokenizer.json").is_file()
 
 
 def test_llava_recipe_keeps_the_vision_tower_frozen(trained_clip, trained_llava):
@@ -93,5 +93,10 @@ def test_training_loss_on_cached_features_equals_the_models_own_loss(world, trai
 def test_shipped_llava_tokenizer_matches_the_recipes(trained_llava):
     from transformers import AutoTokenizer
 
+    from vlm_eval.vlms.prompts import llava_prompt
+
     shipped = AutoTokenizer.from_pretrained(Path(export.__file__).resolve().parents[2] / "assets/miniworld/mini-llava")
-    assert shipped.get_vocab() == AutoTokenizer.from_pretrained(trained_llava).get_vocab()
+    fresh = AutoTokenizer.from_pretrained(trained_llava)
+    prompt = llava_prompt("vqa", "what color is the circle?") + " red"
+    assert shipped(prompt).input_ids == fresh(prompt).input_ids
+    assert shipped.get_vocab() == fresh.get_vocab()

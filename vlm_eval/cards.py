@@ -57,10 +57,10 @@ class TaskCard:
     """An evaluation task: its data files, reader, prompt and metric."""
 
     name: str
-    type: str  # "captioning" | "vqa"
-    reader: str  # "karpathy" | "vqa"
+    type: str  # "captioning" | "vqa" | "zeroshot"
+    reader: str  # "karpathy" | "vqa" | "imagefolder"
     files: dict[str, str]  # reader inputs, relative to the data root (or absolute)
-    prompt: str  # prompt name understood by the VLM adapter, e.g. "caption", "vqa", "vizwiz"
+    prompt: str = ""  # prompt name understood by the VLM adapter, e.g. "caption", "vqa" (not used by zeroshot)
     description: str = ""
     split: str = "test"
     image_file: str | None = None  # template from an annotation to an image file name

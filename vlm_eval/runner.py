@@ -160,8 +160,9 @@ def preflight(config: EvalConfig, resolved: Resolved) -> dict[str, Path]:
         except MissingResourceError as exc:
             problems.append(str(exc))
 
-    prepare_generated_data(resolved.task_card, _path(config.data_root))
-    files = attempt(lambda: check_task_data(resolved.task_card, _path(config.data_root), config.data))
+    card, data_root = resolved.task_card, _path(config.data_root)
+    generated = card.generator is not None  # written below, once every other check has passed
+    files = None if generated else attempt(lambda: check_task_data(card, data_root, config.data))
     attempt(resolved.task.check_requirements)
     if resolved.encoder_card is not None:
         attempt(lambda: resolve_checkpoint(resolved.encoder_card, _path(config.weights_dir), config.allow_download))
@@ -173,6 +174,9 @@ def preflight(config: EvalConfig, resolved: Resolved) -> dict[str, Path]:
             problems.append(f"weights of VLM {resolved.vlm_card.name!r} not found: {where} (or rerun with --allow-download)")
     if problems:
         raise MissingResourceError("\n\n".join(problems))
+    if generated:
+        prepare_generated_data(card, data_root, config.data)
+        files = check_task_data(card, data_root, config.data)
     return files
 
 

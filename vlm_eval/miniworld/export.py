@@ -16,18 +16,23 @@ demand: the evaluation splits on first use (seconds), the 10,000 training images
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from vlm_eval.errors import DataError, MissingResourceError
 from vlm_eval.miniworld import language
 from vlm_eval.miniworld.render import render
-from vlm_eval.miniworld.scenes import SPLIT_CODES, WORLD_SEED, sample_scene, scene_rng, zeroshot_classes
+from vlm_eval.miniworld.scenes import SPLIT_CODES, WORLD_SEED, sample_scene, zeroshot_classes
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ SPLIT_SIZES = {"train": 10_000, "val": 500, "test": 500, "zeroshot": 600}
 SAMPLE_SIZES = {"train": 0, "val": 0, "test": 12, "zeroshot": 24}  # committed in assets/miniworld/sample
 EVAL_SPLITS = ("val", "test", "zeroshot")
 QUESTIONS_PER_IMAGE = 3
+WORLD_ENTRIES = ("dataset_miniworld.json", "captions_miniworld.json", "vqa", "images", "zeroshot")  # what a rewrite replaces
 
 
 def image_id(split: str, index: int) -> int:
@@ -61,17 +67,14 @@ def class_folder(color: str, shape: str) -> str:
     return f"{color}_{shape}"
 
 
-def ensure_eval_data(root: Path) -> Path:
-    """The world's annotations and evaluation images under `root`, written if absent or stale.
+def ensure_eval_data(root: Path, full: bool = True) -> Path:
+    """The world's annotations and evaluation images under `root`, written if absent, stale or partial.
 
-    A current world of other sizes (such as the committed sample) is used as it is.
+    With `full=False` (a folder the user named) a world of other sizes, such as the committed
+    sample, is kept at its own sizes; the default cache always holds the full world.
     """
-    stamp = _read_stamp(Path(root))
-    if stamp.get("version") == WORLD_VERSION and all(
-        split in stamp["rendered"] for split in EVAL_SPLITS if stamp["sizes"].get(split)
-    ):
-        return Path(root)
-    return ensure(root, SPLIT_SIZES, render_splits=EVAL_SPLITS)
+    sizes = SPLIT_SIZES if full else _read_stamp(Path(root)).get("sizes", SPLIT_SIZES)
+    return ensure(root, sizes, render_splits=EVAL_SPLITS)
 
 
 def ensure_train_data(root: Path) -> Path:
@@ -81,8 +84,6 @@ def ensure_train_data(root: Path) -> Path:
 
 def existing_world(root: Path, split: str) -> Path:
     """`root` if it holds a written world with `split` rendered; else a clear error."""
-    from vlm_eval.errors import MissingResourceError
-
     stamp = _read_stamp(Path(root))
     if stamp.get("version") != WORLD_VERSION or split not in stamp.get("rendered", []):
         raise MissingResourceError(
@@ -93,20 +94,47 @@ def existing_world(root: Path, split: str) -> Path:
 
 
 def ensure(root: Path, sizes: dict[str, int], render_splits: tuple[str, ...], workers: int | None = None) -> Path:
-    """Write what is missing of a world with `sizes` images per split; rewrite it all if stale."""
+    """Write what is missing of a world with `sizes` images per split; rewrite it all if stale.
+
+    Holds a lock on the folder, so concurrent runs wait for one writer instead of racing.
+    """
     root = Path(root)
-    stamp = _read_stamp(root)
-    expected = {"version": WORLD_VERSION, "seed": WORLD_SEED, "sizes": sizes}
-    if {k: stamp.get(k) for k in expected} != expected:
-        write_annotations(root, sizes)
-        stamp = {**expected, "rendered": []}
-        _write_json(root / "world.json", stamp)
-    for split in render_splits:
-        if split not in stamp["rendered"] and sizes.get(split):
-            render_split(root, split, sizes[split], workers)
-            stamp["rendered"].append(split)
-            _write_json(root / "world.json", stamp)  # after the images: a killed run re-renders the split
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        stamp = _read_stamp(root)
+        expected = {"version": WORLD_VERSION, "seed": WORLD_SEED, "sizes": sizes}
+        if {k: stamp.get(k) for k in expected} != expected:
+            _clear(root, had_world=bool(stamp))
+            write_annotations(root, sizes)
+            stamp = {**expected, "rendered": []}
+            _write_json(root / "world.json", stamp)
+        for split in render_splits:
+            if split not in stamp["rendered"] and sizes.get(split):
+                render_split(root, split, sizes[split], workers)
+                stamp["rendered"].append(split)
+                _write_json(root / "world.json", stamp)  # after the images: a killed run re-renders the split
     return root
+
+
+def _clear(root: Path, had_world: bool) -> None:
+    """Remove a stale world (stamp first, so an interrupted rewrite is never trusted); refuse foreign folders."""
+    written = [root / name for name in WORLD_ENTRIES if (root / name).exists()]
+    if written and not had_world:
+        raise DataError(f"{root} holds {written[0].name} but no mini world (world.json); "
+                        "use an empty folder or the default cache for the mini world")
+    (root / "world.json").unlink(missing_ok=True)
+    for path in written:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    with open(root / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_annotations(root: Path, sizes: dict[str, int]) -> None:
@@ -138,7 +166,9 @@ def _render_one(job: tuple[str, str, int]) -> None:
     root, split, index = job
     path = image_path(Path(root), split, index)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(render(sample_scene(split, index))).save(path)
+    partial = path.with_name(f".{path.name}.partial")
+    Image.fromarray(render(sample_scene(split, index))).save(partial, format="PNG")
+    partial.replace(path)  # readers never see a half-written image
 
 
 def _karpathy_entry(split: str, index: int) -> dict:
@@ -183,6 +213,6 @@ def _read_stamp(root: Path) -> dict:
 
 def _write_json(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(obj))
+    partial.replace(path)

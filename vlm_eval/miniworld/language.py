@@ -17,7 +17,8 @@ PLACES = {"left": "on the left", "right": "on the right", "top": "at the top", "
 NUMBERS = {1: "one", 2: "two", 3: "three"}
 N_CAPTIONS = 5
 N_ANSWERS = 10
-# What annotators say instead of the canonical answer (a synonym or another form, never counted right).
+# What annotators say instead of the canonical answer: a synonym (counted wrong) or another form (the
+# official normalisation turns "two" into "2", so spelled-out numbers count as right).
 SYNONYMS = {
     "circle": ["round", "dot"], "square": ["rectangle", "box"], "triangle": ["triangular"], "cross": ["plus", "plus sign"],
     "purple": ["violet"], "orange": ["amber"], "yellow": ["gold"], "center": ["middle"], "left": ["left side"],
@@ -29,7 +30,6 @@ CONFUSIONS = {  # the mistakes a hurried annotator makes
     "left": ["center"], "right": ["center"], "top": ["center"], "bottom": ["center"], "center": ["left", "right"],
     "1": ["2"], "2": ["1", "3"], "3": ["2"], "yes": ["no"], "no": ["yes"],
 }
-QUESTION_TYPES = ("color", "shape", "count", "position", "yes/no")
 QUESTION_FORMS = {  # every wording a question can take (for the tokenizer's vocabulary)
     "color": "what color is the {shape}?",
     "shape": "what shape is the {color} object?",

@@ -10,7 +10,7 @@ from vlm_eval.errors import CardError, MissingResourceError, UnknownNameError
 from vlm_eval.registry import Registry
 
 READERS = Registry("data reader")
-GENERATORS = Registry("data generator")  # name -> ensure(root): writes a synthetic world's files if absent or stale
+GENERATORS = Registry("data generator")  # name -> ensure(root, full): writes a synthetic world's files if absent or stale
 GENERATORS.register_lazy("miniworld", "vlm_eval.miniworld.export:ensure_eval_data")
 
 DEFAULT_DATA_ROOT = Path("data")
@@ -22,10 +22,22 @@ def generated_root(generator: str) -> Path:
     return Path(cache) / generator
 
 
-def prepare_generated_data(card: Any, data_root: Path | None) -> None:
-    """Write a generated task's data on first use (seconds for the evaluation splits)."""
-    if card.generator is not None:
-        GENERATORS.get(card.generator)(Path(data_root) if data_root else generated_root(card.generator))
+def prepare_generated_data(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> None:
+    """Write a generated task's data on first use (seconds for the evaluation splits).
+
+    The default cache gets the whole world; a folder named by --data-root keeps the sizes of the
+    world it holds. Nothing is written when --data overrides every file.
+    """
+    if card.generator is None or set(card.files) <= set(overrides or {}):
+        return
+    root = Path(data_root) if data_root else generated_root(card.generator)
+    try:
+        GENERATORS.get(card.generator)(root, full=data_root is None)
+    except OSError as exc:
+        raise MissingResourceError(
+            f"task {card.name!r}: cannot write its generated data into {root}: {exc.strerror or exc}; "
+            "set VLM_EVAL_CACHE or --data-root to a writable folder"
+        ) from exc
 
 
 def task_files(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> dict[str, Path]:
