@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` (the main job on the bundled offline default)
+# Two entry points for a fresh machine: `make demo` (the main job on the mini world, offline, CPU)
 # and `make test` (the test suite). Both create the virtual environment on first use.
 
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) -m vlm_eval --vlm tiny-random-llava --encoder tiny-random --task demo --n-samples all
+	$(PY) -m vlm_eval --vlm mini-llava --encoder mini-clip --task mini-coco
 
 test: install
 	$(PY) -m pytest -q

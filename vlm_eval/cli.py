@@ -110,7 +110,7 @@ def summary_table(run_dir: Path) -> str:
         f"task        {config['resolved']['task_card']}   samples {summary['n_samples']}   skipped {summary['n_skipped']}",
         f"model       {_model_line(config['resolved'])}   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
     ]
-    lines += [f"{name:<12}{_metric(value)}" for name, value in summary["metrics"].items()]
+    lines += [f"{name:<13} {_metric(value)}" for name, value in summary["metrics"].items()]
     if prov["random_weights"]:
         lines.append("NOTE: random-weight models: these scores are meaningless; they only show the pipeline runs.")
     return "\n".join(lines)
