@@ -23,40 +23,29 @@ TOKENIZER_NAME = "mini-clip-tokenizer.json"  # written next to the weights, wher
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", type=Path, help="a mini world written by `python -m vlm_eval.miniworld DIR` (default: the cache the tasks use, "
-                   "completed with the training images if needed)")
+    from vlm_eval.miniworld.training import recipe_parser
+
+    p = recipe_parser(__doc__, steps=2000, batch_size=128, warmup=100, weight_decay=0.1)  # batches of whole twin pairs
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=128, help="images per step (whole twin pairs)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--logit-scale", type=float, default=30.0, help="initial temperature (learned)")
-    p.add_argument("--train-size", type=int, help="use only the first N training images (smoke tests)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from vlm_eval.miniworld.training import start
+
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    images, captions = training_data(args.world, args.train_size)
+    images, captions = training_data(start(args), args.train_size)
     model, tokenize = build_model(args.logit_scale, args.out.with_name(TOKENIZER_NAME))
     train(model, tokenize, images, captions, args)
     save(model, args.out)
 
 
-def training_data(world: Path | None, limit: int | None) -> tuple[torch.Tensor, list[tuple[str, ...]]]:
+def training_data(root: Path, limit: int | None) -> tuple[torch.Tensor, list[tuple[str, ...]]]:
     """The training images (uint8, in memory) and their five captions, read through the real reader."""
     from vlm_eval.data import read_karpathy_captions
-    from vlm_eval.miniworld.export import ensure_train_data, existing_world
     from vlm_eval.miniworld.training import load_images
-    from vlm_eval.tasks.data import generated_root
 
-    root = existing_world(world, "train") if world else ensure_train_data(generated_root("miniworld"))
     samples = read_karpathy_captions(root / "dataset_miniworld.json", root / "images", split="train")
     samples = samples[: limit - limit % 2] if limit else samples  # whole twin pairs only
     return load_images([s.image_path for s in samples]), [s.references for s in samples]

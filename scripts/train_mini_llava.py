@@ -27,28 +27,20 @@ TEXT_CONFIG = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", type=Path, help="a mini world written by `python -m vlm_eval.miniworld DIR` (default: the cache the tasks use, "
-                   "completed with the training images if needed)")
+    from vlm_eval.miniworld.training import recipe_parser
+
+    p = recipe_parser(__doc__, steps=1500, batch_size=32, warmup=50, weight_decay=0.01)
     p.add_argument("--clip", type=Path, help="mini CLIP weights (default: the mini-clip card's)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--vqa-share", type=float, default=0.7, help="share of VQA answers among the training targets")
-    p.add_argument("--train-size", type=int, help="use only the first N training images (smoke tests)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from vlm_eval.miniworld.training import start
+
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    captions, vqa, image_paths = training_data(args.world, args.train_size)
+    captions, vqa, image_paths = training_data(start(args), args.train_size)
     adapter, vision = build_model(args.clip)
     features = vision_features(vision, image_paths)
     train(adapter, features, captions, vqa, args)
@@ -56,13 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     show_examples(adapter, image_paths[:4])
 
 
-def training_data(world: Path | None, limit: int | None):
+def training_data(root: Path, limit: int | None):
     """Caption and VQA examples of the training split (through the real readers) and the image paths."""
     from vlm_eval.data import read_karpathy_captions, read_vqa
-    from vlm_eval.miniworld.export import ensure_train_data, existing_world
-    from vlm_eval.tasks.data import generated_root
 
-    root = existing_world(world, "train") if world else ensure_train_data(generated_root("miniworld"))
     samples = read_karpathy_captions(root / "dataset_miniworld.json", root / "images", split="train")[:limit]
     row_of = {s.id: row for row, s in enumerate(samples)}
     captions = [(row, "caption", None, text) for row, s in enumerate(samples) for text in s.references]

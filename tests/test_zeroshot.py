@@ -29,7 +29,7 @@ from vlm_eval.data import CLIP_MEAN, CLIP_STD, preprocess_clip_image, preprocess
 from vlm_eval.encoders.openclip_family import load_openclip_clip
 from vlm_eval.encoders.text import load_text_tokenizer
 from vlm_eval.errors import CardError, CheckpointError, MissingResourceError
-from vlm_eval.tasks.zeroshot import ZeroShot, ZeroShotClassifier, build_zeroshot_classifier, class_weights
+from vlm_eval.tasks.zeroshot import ZeroShot, ZeroShotClassifier, class_weights, load_zeroshot_classifier
 
 ARCH = {
     "embed_dim": 32,
@@ -270,9 +270,9 @@ def test_an_image_is_classified_as_the_class_whose_weight_it_is(loaded):
     assert classifier(images).argmax(dim=-1).tolist() == [2, 1, 0]
 
 
-def test_build_zeroshot_classifier_for_a_card(world):
+def test_load_zeroshot_classifier_for_a_card(world):
     card = cards.parse_card("encoders", world / "encoders" / "tiny-clip.yaml")
-    classifier = build_zeroshot_classifier(card, ["red square", "blue square"], ["a photo of a {}."])
+    classifier, _ = load_zeroshot_classifier(card, ["red square", "blue square"], ["a photo of a {}."])
     assert classifier.n_classes == 2 and classifier(torch.rand(1, 3, 224, 224)).shape == (1, 2)
 
 

@@ -76,6 +76,14 @@ class TaskCard:
 CARD_TYPES = {"encoders": EncoderCard, "vlms": VlmCard, "tasks": TaskCard}
 
 
+def card_relative(card: Any, value: str) -> Path:
+    """A path named in a card: absolute as given, else relative to the card's folder."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or card.card_path is None:
+        return path
+    return (Path(card.card_path).parent / path).resolve()
+
+
 def card_dir(kind: str) -> Path:
     path = CARD_ROOT / kind
     if not path.is_dir():

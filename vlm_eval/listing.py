@@ -15,7 +15,7 @@ def vlm_status(card: Any) -> tuple[bool, str]:
     if card.build is not None:
         return True, "random weights, built on the fly"
     if card.path is not None:
-        folder = (Path(card.card_path).parent / card.path).resolve()
+        folder = cards.card_relative(card, card.path)
         return (folder / "config.json").is_file(), str(folder)
     from huggingface_hub import try_to_load_from_cache
 

@@ -273,59 +273,50 @@ def classify_all(classifier: Any, resolved: Resolved, samples: list[Any], classe
                  run_dir: Path) -> tuple[list[dict], list[dict]]:
     """Classify every sample in batches, appending each batch's records (with scores) to samples.jsonl."""
     import torch
-    from tqdm import tqdm
 
     from vlm_eval.data import preprocess_clip_image
 
-    def preprocess(image: Any) -> Any:
-        return preprocess_clip_image(image, classifier.image_size)
+    @torch.no_grad()
+    def classify(kept: list[Any], pixels: Any) -> list[dict]:
+        return resolved.task.records(kept, classifier(pixels.to(resolved.device)), classes)
+
+    return in_batches(samples, lambda image: preprocess_clip_image(image, classifier.image_size), classify,
+                      config, run_dir, "classifying")
+
+
+def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Generate for every sample in batches, appending each batch's records to samples.jsonl."""
+    from vlm_eval.data import preprocess_image
+    from vlm_eval.vlms.base import Batch
+
+    def generate(kept: list[Any], pixels: Any) -> list[dict]:
+        prompts = [vlm.format_prompt(*task.prompt_args(s)) for s in kept]
+        outputs = vlm.generate(Batch([s.id for s in kept], pixels, prompts), task.card.max_new_tokens)
+        return [sample_record(s, raw, task.postprocess(raw)) for s, raw in zip(kept, outputs)]
+
+    return in_batches(samples, lambda image: preprocess_image(image, vlm.image_size), generate,
+                      config, run_dir, "generating")
+
+
+def in_batches(samples: list[Any], preprocess: Any, evaluate: Any, config: EvalConfig, run_dir: Path,
+               desc: str) -> tuple[list[dict], list[dict]]:
+    """(records, skipped): `evaluate(samples, pixels) -> records` per batch of loadable images, each
+    batch's records appended to samples.jsonl at once, so a crash loses no finished work."""
+    import torch
+    from tqdm import tqdm
 
     records, skipped = [], []
-    with tqdm(total=len(samples), desc="classifying", unit="sample") as bar, torch.no_grad():
+    with tqdm(total=len(samples), desc=desc, unit="sample") as bar:
         for start in range(0, len(samples), config.batch_size):
             chunk = samples[start : start + config.batch_size]
             pixels, kept, bad = load_pixels(chunk, preprocess, config.strict)
             skipped += bad
             if kept:
-                logits = classifier(torch.stack(pixels).to(resolved.device))
-                new = resolved.task.records(kept, logits, classes)
+                new = evaluate(kept, torch.stack(pixels))
                 results.append_jsonl(run_dir / "samples.jsonl", new)
                 records += new
             bar.update(len(chunk))
     return records, skipped
-
-
-def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Generate for every sample in batches, appending each batch's records to samples.jsonl."""
-    from tqdm import tqdm
-
-    records, skipped = [], []
-    with tqdm(total=len(samples), desc="generating", unit="sample") as bar:
-        for start in range(0, len(samples), config.batch_size):
-            chunk = samples[start : start + config.batch_size]
-            batch, kept, bad = load_batch(vlm, task, chunk, config.strict)
-            skipped += bad
-            if kept:
-                outputs = vlm.generate(batch, task.card.max_new_tokens)
-                new = [sample_record(s, raw, task.postprocess(raw)) for s, raw in zip(kept, outputs)]
-                results.append_jsonl(run_dir / "samples.jsonl", new)
-                records += new
-            bar.update(len(chunk))
-    return records, skipped
-
-
-def load_batch(vlm: Any, task: Any, chunk: list[Any], strict: bool) -> tuple[Any, list[Any], list[dict]]:
-    """(Batch, the samples in it, skipped samples): unreadable images are skipped, or raise if strict."""
-    import torch
-
-    from vlm_eval.data import preprocess_image
-    from vlm_eval.vlms.base import Batch
-
-    pixels, kept, skipped = load_pixels(chunk, lambda image: preprocess_image(image, vlm.image_size), strict)
-    if not kept:
-        return None, kept, skipped
-    prompts = [vlm.format_prompt(*task.prompt_args(s)) for s in kept]
-    return Batch([s.id for s in kept], torch.stack(pixels), prompts), kept, skipped
 
 
 def load_pixels(chunk: list[Any], preprocess: Any, strict: bool) -> tuple[list[Any], list[Any], list[dict]]:

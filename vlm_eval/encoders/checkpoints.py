@@ -158,21 +158,21 @@ def detect_format(obj: Mapping[str, Any]) -> str:
     raise CheckpointError(f"cannot tell the layout of a checkpoint with keys {_sample(obj)}.{hint}")
 
 
-def load_visual_weights(visual: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load `state_dict` into `visual` strictly, or explain exactly why it does not fit.
+def load_weights_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load `state_dict` into `module` strictly, or explain exactly why it does not fit.
 
     Strict on purpose: a non-strict load with a wrong prefix "succeeds" while loading nothing.
-    Works on a tower built on the meta device too (tensors are then assigned, not copied).
+    Works on a module built on the meta device too (tensors are then assigned, not copied).
 
     Args:
-        visual: an open_clip vision tower.
-        state_dict: its weights, keys relative to the tower.
+        module: an open_clip vision tower or whole CLIP.
+        state_dict: its weights, keys relative to the module.
         source: where the weights came from, named in errors.
 
     Raises:
         CheckpointError: missing, unexpected or mis-shaped keys, listed (up to `MAX_LISTED` each).
     """
-    expected = visual.state_dict()
+    expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
@@ -183,7 +183,7 @@ def load_visual_weights(visual: nn.Module, state_dict: Mapping[str, torch.Tensor
     if missing or unexpected or mismatched:
         raise CheckpointError(_mismatch_message(source, missing, unexpected, mismatched))
     on_meta = any(t.is_meta for t in expected.values())
-    result = visual.load_state_dict(state_dict, strict=True, assign=on_meta)
+    result = module.load_state_dict(state_dict, strict=True, assign=on_meta)
     assert not result.missing_keys and not result.unexpected_keys, result  # strict already raised
 
 

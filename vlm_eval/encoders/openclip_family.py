@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlm_eval.cards import EncoderCard
+from vlm_eval.cards import EncoderCard, card_relative
 from vlm_eval.errors import CardError, CheckpointError, MissingResourceError
 from vlm_eval.results import file_sha256
 
@@ -78,31 +78,11 @@ def load_openclip_encoder(
         MissingResourceError: the weights file is not found (the message says how to get it).
         CheckpointError: the file is unreadable or does not fit the architecture.
     """
-    import torch
+    from vlm_eval.encoders.checkpoints import extract_visual_state_dict
 
-    from vlm_eval.encoders import checkpoints
-
-    if card.family != FAMILY:
-        raise CardError(f"encoder {card.name} is of family {card.family!r}, not {FAMILY!r}")
     config = model_config(card)
-    path = resolve_checkpoint(card, weights_dir, allow_download)
-    if path is None:
-        torch.manual_seed(_seed(card))
-        visual = _build_visual(config)
-        digest = None
-    else:
-        fmt = card.source.get("format", "auto")
-        log.info("encoder %s: loading %s (format %s)", card.name, path, fmt)
-        try:
-            state_dict = checkpoints.extract_visual_state_dict(checkpoints.read_state_dict(path), fmt)
-        except CheckpointError as exc:
-            raise CheckpointError(f"encoder {card.name}: {path}: {exc}\n{LAYOUTS_HELP}") from exc
-        with torch.device("meta"):  # no random init of weights that are replaced at once
-            visual = _build_visual(config)
-        checkpoints.load_visual_weights(visual, state_dict, source=f"{path} (encoder {card.name})")
-        _assert_materialized(visual, path)
-        digest = file_sha256(path)
-    visual = visual.float().eval().requires_grad_(False)
+    visual, path, digest = _load(card, lambda: _build_visual(config), extract_visual_state_dict,
+                                 weights_dir, allow_download, help_text=LAYOUTS_HELP)
     return LoadedEncoder(
         visual=visual,
         card=card,
@@ -145,32 +125,11 @@ def load_openclip_clip(card: EncoderCard, weights_dir: Path | None = None, allow
         MissingResourceError: the weights file is not found (the message says how to get it).
         CheckpointError: the file is unreadable, holds only a vision tower, or does not fit.
     """
-    import torch
+    from vlm_eval.encoders.checkpoints import extract_clip_state_dict
 
-    from vlm_eval.encoders import checkpoints
-
-    if card.family != FAMILY:
-        raise CardError(f"encoder {card.name} is of family {card.family!r}, not {FAMILY!r}")
     config = clip_config(card)
-    path = resolve_checkpoint(card, weights_dir, allow_download)
-    if path is None:
-        torch.manual_seed(_seed(card))
-        model = _build_clip(card, config)
-        digest = None
-    else:
-        fmt = card.source.get("format", "auto")
-        log.info("encoder %s: loading the whole CLIP from %s (format %s)", card.name, path, fmt)
-        try:
-            state_dict = checkpoints.extract_clip_state_dict(checkpoints.read_state_dict(path), fmt)
-        except CheckpointError as exc:
-            raise CheckpointError(f"encoder {card.name}: {path}: {exc}") from exc
-        with torch.device("meta"):  # no random init of weights that are replaced at once
-            model = _build_clip(card, config)
-        checkpoints.load_visual_weights(model, state_dict, source=f"{path} (encoder {card.name}, whole CLIP)")
-        _rebuild_causal_mask(model)
-        _assert_materialized(model, path)
-        digest = file_sha256(path)
-    model = model.float().eval().requires_grad_(False)
+    model, path, digest = _load(card, lambda: _build_clip(card, config), extract_clip_state_dict,
+                                weights_dir, allow_download)
     return LoadedClip(model=model, card=card, checkpoint=None if path is None else str(path), sha256=digest,
                       image_size=_image_size(config), context_length=int(model.context_length))
 
@@ -235,7 +194,7 @@ def resolve_checkpoint(card: EncoderCard, weights_dir: Path | None = None, allow
     if kind == "random":
         return None
     if kind == "path":
-        path = _card_relative(card, card.source["path"])
+        path = card_relative(card, card.source["path"])
         if not path.is_file():
             raise MissingResourceError(_missing_message(card, [str(path)], get=None))
         return path
@@ -263,7 +222,7 @@ def weights_status(card: EncoderCard, weights_dir: Path | None = None) -> tuple[
     if kind == "random":
         return True, f"random init (seed {card.source['random']})"
     if kind == "path":
-        path = _card_relative(card, card.source["path"])
+        path = card_relative(card, card.source["path"])
         return (True, str(path)) if path.is_file() else (False, f"missing {path}")
     repo, filenames = card.source["hf_hub"], _hub_filenames(card)
     for candidate in _weights_dir_candidates(repo, filenames, weights_dir):
@@ -316,6 +275,39 @@ def _build_visual(config: dict[str, Any]) -> nn.Module:
         return _build_vision_tower(config["embed_dim"], config["vision_cfg"], bool(config.get("quick_gelu", False)))
     except TypeError as exc:
         raise CardError(f"invalid open_clip vision_cfg {config['vision_cfg']}: {exc}") from exc
+
+
+def _load(card: EncoderCard, build: Any, extract: Any, weights_dir: Path | None, allow_download: bool,
+          help_text: str = "") -> tuple[nn.Module, Path | None, str | None]:
+    """(module, checkpoint, sha256): `build()` with the card's weights loaded strictly, or seeded at random.
+
+    Args:
+        build: makes the module (vision tower or whole CLIP) from the card's architecture.
+        extract: `checkpoints.extract_*_state_dict`, the checkpoint's part that fits the module.
+        help_text: appended to a checkpoint error (the layouts accepted).
+    """
+    import torch
+
+    from vlm_eval.encoders import checkpoints
+
+    if card.family != FAMILY:
+        raise CardError(f"encoder {card.name} is of family {card.family!r}, not {FAMILY!r}")
+    path = resolve_checkpoint(card, weights_dir, allow_download)
+    if path is None:
+        torch.manual_seed(_seed(card))
+        return build().float().eval().requires_grad_(False), None, None
+    fmt = card.source.get("format", "auto")
+    log.info("encoder %s: loading %s (format %s)", card.name, path, fmt)
+    try:
+        state_dict = extract(checkpoints.read_state_dict(path), fmt)
+    except CheckpointError as exc:
+        raise CheckpointError(f"encoder {card.name}: {path}: {exc}" + (f"\n{help_text}" if help_text else "")) from exc
+    with torch.device("meta"):  # no random init of weights that are replaced at once
+        module = build()
+    checkpoints.load_weights_strict(module, state_dict, source=f"{path} (encoder {card.name})")
+    _rebuild_causal_mask(module)
+    _assert_materialized(module, path)
+    return module.float().eval().requires_grad_(False), path, file_sha256(path)
 
 
 def _build_clip(card: EncoderCard, config: dict[str, Any]) -> nn.Module:
@@ -378,13 +370,6 @@ def _hub_filenames(card: EncoderCard) -> list[str]:
     if not names:
         raise CardError(f"encoder {card.name}: an hf_hub source needs `filenames`")
     return names
-
-
-def _card_relative(card: EncoderCard, value: str) -> Path:
-    path = Path(value).expanduser()
-    if path.is_absolute() or card.card_path is None:
-        return path
-    return Path(card.card_path).parent / path
 
 
 def _weights_dir_candidates(repo: str, filenames: list[str], weights_dir: Path | None) -> list[Path]:

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from vlm_eval.cards import EncoderCard
+from vlm_eval.cards import EncoderCard, card_relative
 from vlm_eval.errors import CardError, MissingResourceError
 
 if TYPE_CHECKING:
@@ -71,9 +71,7 @@ def tokenizer_file(card: EncoderCard) -> Path | None:
         )
     if not card.tokenizer.endswith(".json"):
         return None
-    path = Path(card.tokenizer).expanduser()
-    if not path.is_absolute() and card.card_path is not None:
-        path = Path(card.card_path).parent / path
+    path = card_relative(card, card.tokenizer)
     if not path.is_file():
         raise MissingResourceError(f"tokenizer file of encoder {card.name!r} not found: {path} (field `tokenizer` "
                                    f"of {card.card_path})")

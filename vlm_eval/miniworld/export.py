@@ -32,7 +32,7 @@ from PIL import Image
 from vlm_eval.errors import DataError, MissingResourceError
 from vlm_eval.miniworld import language
 from vlm_eval.miniworld.render import render
-from vlm_eval.miniworld.scenes import SPLIT_CODES, WORLD_SEED, sample_scene, zeroshot_classes
+from vlm_eval.miniworld.scenes import SPLIT_CODES, WORLD_SEED, sample_scene, zeroshot_class, zeroshot_classes
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ def vqa_rng(split: str, index: int) -> np.random.Generator:
 
 def image_path(root: Path, split: str, index: int) -> Path:
     if split == "zeroshot":
-        obj = sample_scene(split, index).objects[0]
-        return root / "zeroshot" / "test" / class_folder(obj.color, obj.shape) / f"{image_id(split, index)}.png"
+        return root / "zeroshot" / "test" / class_folder(*zeroshot_class(index)) / f"{image_id(split, index)}.png"
     return root / "images" / split / f"{image_id(split, index)}.png"
 
 

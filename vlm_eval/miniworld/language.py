@@ -8,6 +8,8 @@ another form ("two" for "2"), or get it wrong, as in the VQA data sets.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from vlm_eval.miniworld.scenes import COLORS, REGIONS, SHAPES, Obj, Scene
@@ -113,20 +115,13 @@ def _unique(objs: tuple[Obj, ...], key: str) -> list[Obj]:
     return [o for o in objs if values.count(getattr(o, key)) == 1]
 
 
-def _ask_color(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
-    objs = _unique(scene.objects, "shape")
+def _ask_by_unique(scene: Scene, rng: np.random.Generator, key: str, kind: str) -> tuple[str, str] | None:
+    """Ask for one attribute (`kind`) of an object named by another (`key`) that no other object shares."""
+    objs = _unique(scene.objects, key)
     if not objs:
         return None
     obj = objs[rng.integers(len(objs))]
-    return QUESTION_FORMS["color"].format(shape=obj.shape), obj.color
-
-
-def _ask_shape(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
-    objs = _unique(scene.objects, "color")
-    if not objs:
-        return None
-    obj = objs[rng.integers(len(objs))]
-    return QUESTION_FORMS["shape"].format(color=obj.color), obj.shape
+    return QUESTION_FORMS[kind].format(**{key: getattr(obj, key)}), getattr(obj, kind)
 
 
 def _ask_count(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
@@ -155,7 +150,8 @@ def _ask_yes_no(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     return QUESTION_FORMS["yes/no"].format(color=color, shape=shape), "no"
 
 
-_ASKERS = {"color": _ask_color, "shape": _ask_shape, "count": _ask_count, "position": _ask_position,
+_ASKERS = {"color": partial(_ask_by_unique, key="shape", kind="color"),
+           "shape": partial(_ask_by_unique, key="color", kind="shape"), "count": _ask_count, "position": _ask_position,
            "yes/no": _ask_yes_no}
 
 

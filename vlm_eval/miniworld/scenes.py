@@ -60,8 +60,8 @@ def sample_scene(split: str, index: int) -> Scene:
     if split == "train" and index % 2 == 1:
         return shape_twin(sample_scene(split, index - 1), scene_rng(split, index))
     rng = scene_rng(split, index)
-    if split == "zeroshot":  # one object, classes balanced: index -> (colour, shape)
-        color, shape = zeroshot_classes()[index % len(zeroshot_classes())]
+    if split == "zeroshot":  # one object of the index's class
+        color, shape = zeroshot_class(index)
         return _scene_with(rng, [(shape, color)])
     n_objects = int(rng.integers(1, 4))
     picks = [(SHAPES[rng.integers(len(SHAPES))], list(COLORS)[rng.integers(len(COLORS))]) for _ in range(n_objects)]
@@ -71,6 +71,12 @@ def sample_scene(split: str, index: int) -> Scene:
 def zeroshot_classes() -> list[tuple[str, str]]:
     """(colour, shape) of every zero-shot class, in class-index order."""
     return [(color, shape) for color in COLORS for shape in SHAPES]
+
+
+def zeroshot_class(index: int) -> tuple[str, str]:
+    """(colour, shape) of zero-shot image `index`: the classes take turns, so every class is balanced."""
+    classes = zeroshot_classes()
+    return classes[index % len(classes)]
 
 
 def shape_twin(scene: Scene, rng: np.random.Generator) -> Scene:

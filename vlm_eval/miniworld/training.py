@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 
@@ -12,6 +13,32 @@ from tqdm import tqdm
 
 from vlm_eval.data import load_image
 from vlm_eval.data.images import CLIP_MEAN, CLIP_STD
+
+
+def recipe_parser(doc: str, steps: int, batch_size: int, warmup: int, weight_decay: float) -> argparse.ArgumentParser:
+    """The options both recipes share, with each recipe's defaults; a recipe adds its own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", type=Path, help="a mini world written by `python -m vlm_eval.miniworld DIR` "
+                   "(default: the cache the tasks use, completed with the training images if needed)")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--weight-decay", type=float, default=weight_decay)
+    p.add_argument("--train-size", type=int, help="use only the first N training images (smoke tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    return p
+
+
+def start(args: argparse.Namespace) -> Path:
+    """Threads and seed as the options say; the root of the world with its training images."""
+    from vlm_eval.miniworld.export import ensure_train_data, existing_world
+    from vlm_eval.tasks.data import generated_root
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return existing_world(args.world, "train") if args.world else ensure_train_data(generated_root("miniworld"))
 
 
 def load_images(paths: list[Path]) -> torch.Tensor:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vlm_eval.cards import card_relative
 from vlm_eval.errors import CardError, MissingResourceError, UnknownNameError
 from vlm_eval.registry import Registry
 
@@ -112,4 +113,4 @@ def _read_imagefolder(card: Any, files: dict[str, Path]) -> list[Any]:
 def _card_root(card: Any) -> Path | None:
     if card.data_root is None:
         return None
-    return (Path(card.card_path).parent / card.data_root).resolve()
+    return card_relative(card, card.data_root)

@@ -6,15 +6,14 @@ template filled with the class name, re-normalised; the logits are
 `logit_scale.exp() * normalised image embedding @ class weights.T`. Pixels enter in [0, 1] and are
 mean/std normalised inside `forward`, so an attack perturbs [0, 1] pixels, as for the VLMs.
 
-Programmatic use (e.g. from a training script):
+Programmatic use:
 
-    classifier = build_zeroshot_classifier(encoder_card, class_names, ["a photo of a {}."])
+    classifier, _ = load_zeroshot_classifier(encoder_card, class_names, ["a photo of a {}."])
     logits = classifier(pixels)  # pixels (B, 3, H, W) in [0, 1], e.g. from preprocess_clip_image
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -154,46 +153,24 @@ def class_weights(model: nn.Module, tokenize: Any, class_names: Sequence[str], t
     return F.normalize(embeddings.mean(dim=1), dim=-1)
 
 
-def classifier_from_model(model: nn.Module, tokenize: Any, class_names: Sequence[str], templates: Sequence[str],
-                          copy_visual: bool = True) -> ZeroShotClassifier:
-    """A zero-shot classifier from an open_clip CLIP in memory (e.g. one being trained).
-
-    Args:
-        model: an open_clip CLIP (`encode_text`, `visual`, `logit_scale`).
-        tokenize: texts -> LongTensor, e.g. `vlm_eval.encoders.text.load_text_tokenizer(card)`.
-        class_names: the names in label order.
-        templates: strings with one `{}` for the class name.
-        copy_visual: snapshot the vision tower (default), so the classifier neither freezes nor follows
-            the model's later updates; False shares it (and freezes it): for models loaded for evaluation.
-    """
-    weights = class_weights(model, tokenize, class_names, templates)
-    visual = copy.deepcopy(model.visual) if copy_visual else model.visual
-    return ZeroShotClassifier(visual, weights, model.logit_scale)
-
-
-def build_zeroshot_classifier(card: EncoderCard, class_names: Sequence[str], templates: Sequence[str],
-                              weights_dir: Path | None = None, allow_download: bool = False,
-                              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ZeroShotClassifier:
+def load_zeroshot_classifier(card: EncoderCard, class_names: Sequence[str], templates: Sequence[str],
+                             weights_dir: Path | None = None, allow_download: bool = False,
+                             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                             ) -> tuple[ZeroShotClassifier, Any]:
     """Load a card's whole CLIP and tokenizer and build its zero-shot classifier on `device`.
+
+    Returns:
+        (classifier, the `LoadedClip` with its checkpoint and sha256 for provenance).
 
     Raises:
         The errors of `load_openclip_clip` and `load_text_tokenizer` (CardError, MissingResourceError,
         CheckpointError), and ValueError for empty class names or bad templates.
     """
-    return load_zeroshot_classifier(card, class_names, templates, weights_dir, allow_download, device, dtype)[0]
-
-
-def load_zeroshot_classifier(card: EncoderCard, class_names: Sequence[str], templates: Sequence[str],
-                             weights_dir: Path | None = None, allow_download: bool = False,
-                             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                             ) -> tuple[ZeroShotClassifier, Any]:
-    """`build_zeroshot_classifier`, also returning the `LoadedClip` (checkpoint, sha256) for provenance."""
     from vlm_eval.encoders.openclip_family import load_openclip_clip
     from vlm_eval.encoders.text import load_text_tokenizer
 
     tokenize = load_text_tokenizer(card)
     loaded = load_openclip_clip(card, weights_dir, allow_download)
     model = loaded.model.to(device=device, dtype=dtype)
-    classifier = classifier_from_model(model, tokenize, class_names, templates, copy_visual=False)
-    classifier.image_size = loaded.image_size
-    return classifier, loaded
+    weights = class_weights(model, tokenize, class_names, templates)
+    return ZeroShotClassifier(model.visual, weights, model.logit_scale, loaded.image_size), loaded

@@ -11,13 +11,13 @@ Pixels enter in [0, 1] (the attack's space); the CLIP mean/std normalisation hap
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
 
+from vlm_eval.cards import card_relative
 from vlm_eval.data.images import CLIP_MEAN, CLIP_STD
 from vlm_eval.errors import CheckpointError, MissingResourceError
 from vlm_eval.vlms.base import Batch, LossFn
@@ -217,4 +217,4 @@ def local_path(card: Any) -> str | None:
     """The card's shipped model folder (relative to the card), or None for hub models."""
     if card.path is None:
         return None
-    return str((Path(card.card_path).parent / card.path).resolve())
+    return str(card_relative(card, card.path))
