@@ -25,7 +25,7 @@ TOKENIZER_NAME = "mini-clip-tokenizer.json"  # written next to the weights, wher
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from vlm_eval.miniworld.training import recipe_parser
 
-    p = recipe_parser(__doc__, steps=2000, batch_size=128, warmup=100, weight_decay=0.1)  # batches of whole twin pairs
+    p = recipe_parser(__doc__, steps=2500, batch_size=128, warmup=100, weight_decay=0.1)  # batches of whole twin pairs
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--logit-scale", type=float, default=30.0, help="initial temperature (learned)")
     return p.parse_args(argv)
@@ -74,12 +74,12 @@ def build_model(logit_scale: float, tokenizer_out: Path):
 def train(model, tokenize, images: torch.Tensor, captions: list[tuple[str, ...]], args: argparse.Namespace) -> None:
     from open_clip.loss import ClipLoss
 
-    from vlm_eval.miniworld.training import adamw, lr_at, normalize
+    from vlm_eval.miniworld.training import adamw, autocast, lr_at, normalize
 
     loss_fn, optimizer = ClipLoss(), adamw(model, args.lr, args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
     n_pairs, pairs_per_batch = len(images) // 2, max(1, args.batch_size // 2)
-    model.train()
+    model.to(args.device).train()
     start, running = time.time(), []
     for step in range(args.steps):
         for group in optimizer.param_groups:
@@ -88,9 +88,10 @@ def train(model, tokenize, images: torch.Tensor, captions: list[tuple[str, ...]]
         index = torch.stack([2 * pairs, 2 * pairs + 1], 1).flatten()
         pick = torch.randint(0, 5, (len(index),), generator=generator)
         texts = [captions[i][k] for i, k in zip(index.tolist(), pick.tolist())]
-        image_features = model.encode_image(normalize(images[index]), normalize=True)
-        text_features = model.encode_text(tokenize(texts), normalize=True)
-        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        with autocast(args):
+            image_features = model.encode_image(normalize(images[index].to(args.device)), normalize=True)
+            text_features = model.encode_text(tokenize(texts).to(args.device), normalize=True)
+        loss = loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -109,7 +110,7 @@ def save(model, out: Path) -> None:
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 

@@ -29,7 +29,7 @@ TEXT_CONFIG = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from vlm_eval.miniworld.training import recipe_parser
 
-    p = recipe_parser(__doc__, steps=1500, batch_size=32, warmup=50, weight_decay=0.01)
+    p = recipe_parser(__doc__, steps=3000, batch_size=32, warmup=50, weight_decay=0.01)
     p.add_argument("--clip", type=Path, help="mini CLIP weights (default: the mini-clip card's)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--vqa-share", type=float, default=0.7, help="share of VQA answers among the training targets")
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     captions, vqa, image_paths = training_data(start(args), args.train_size)
     adapter, vision = build_model(args.clip)
-    features = vision_features(vision, image_paths)
+    features = vision_features(vision.to(args.device), image_paths)
     train(adapter, features, captions, vqa, args)
     save(adapter, args.out)
     show_examples(adapter, image_paths[:4])
@@ -102,7 +102,8 @@ def vision_features(vision, paths: list[Path], batch: int = 250) -> torch.Tensor
     images = load_images(paths)
     chunks = []
     for start in tqdm(range(0, len(images), batch), desc="vision features", unit="batch"):
-        hidden = vision(normalize(images[start : start + batch]), output_hidden_states=True).hidden_states
+        pixels = normalize(images[start : start + batch].to(vision.device))
+        hidden = vision(pixels, output_hidden_states=True).hidden_states
         chunks.append(hidden[-2][:, 1:])
     return torch.cat(chunks)
 
@@ -118,7 +119,7 @@ def language_model_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: to
     return F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100)
 
 
-def batch_tensors(adapter, examples: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+def batch_tensors(adapter, examples: list[tuple]) -> tuple[torch.Tensor, ...]:
     """Right-padded (ids, mask, labels) and image rows; only the answer and its EOS carry labels."""
     pairs = [adapter.target_ids(adapter.format_prompt(kind, question), target) for _, kind, question, target in examples]
     width = max(len(p) + len(t) for p, t in pairs)
@@ -129,16 +130,16 @@ def batch_tensors(adapter, examples: list[tuple]) -> tuple[torch.Tensor, torch.T
         end = len(prompt) + len(target)
         ids[row, :end], mask[row, :end] = torch.tensor(prompt + target), 1
         labels[row, len(prompt) : end] = torch.tensor(target)
-    return ids, mask, labels, [e[0] for e in examples]
+    return ids, mask, labels, torch.tensor([e[0] for e in examples])
 
 
 def train(adapter, features: torch.Tensor, captions: list[tuple], vqa: list[tuple], args: argparse.Namespace) -> None:
-    from vlm_eval.miniworld.training import adamw, lr_at
+    from vlm_eval.miniworld.training import adamw, autocast, lr_at
 
     model = adapter.model
     model.requires_grad_(True)  # the adapter freezes everything for evaluation; train all but the tower
     model.model.vision_tower.requires_grad_(False)
-    model.train()
+    model.to(args.device).train()
     optimizer = adamw(model, args.lr, args.weight_decay)
     rng = random.Random(args.seed)
     start, running = time.time(), []
@@ -147,8 +148,9 @@ def train(adapter, features: torch.Tensor, captions: list[tuple], vqa: list[tupl
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         n_vqa = sum(rng.random() < args.vqa_share for _ in range(args.batch_size)) if vqa else 0
         examples = rng.choices(vqa, k=n_vqa) + rng.choices(captions, k=args.batch_size - n_vqa)
-        ids, mask, labels, rows = batch_tensors(adapter, examples)
-        loss = language_model_loss(model, ids, mask, labels, features[rows])
+        ids, mask, labels, rows = (t.to(args.device) for t in batch_tensors(adapter, examples))
+        with autocast(args):
+            loss = language_model_loss(model, ids, mask, labels, features[rows])
         if not torch.isfinite(loss):
             raise SystemExit(f"step {step}: the loss is {loss.item()}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -159,7 +161,7 @@ def train(adapter, features: torch.Tensor, captions: list[tuple], vqa: list[tupl
         if (step + 1) % 50 == 0 or step + 1 == args.steps:
             print(f"step {step + 1}/{args.steps}  loss {sum(running) / len(running):.3f}  {time.time() - start:.0f}s", flush=True)
             running = []
-    model.eval().requires_grad_(False)
+    model.cpu().eval().requires_grad_(False)
 
 
 def save(adapter, out: Path) -> None:

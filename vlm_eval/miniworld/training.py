@@ -28,7 +28,16 @@ def recipe_parser(doc: str, steps: int, batch_size: int, warmup: int, weight_dec
     p.add_argument("--train-size", type=int, help="use only the first N training images (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (how the committed weights were made) or cuda, for quick experiments")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="bfloat16 autocast, as the committed weights were trained: 1.4-1.8x faster on CPUs with "
+                   "avx512_bf16 or AMX; --no-bf16 on CPUs without them, where emulated bfloat16 is slow")
     return p
+
+
+def autocast(args: argparse.Namespace):
+    """The forward pass's precision context: bfloat16 autocast if --bf16, else a no-op."""
+    return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
 
 
 def start(args: argparse.Namespace) -> Path:
@@ -51,9 +60,9 @@ def load_images(paths: list[Path]) -> torch.Tensor:
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> CLIP-normalised float pixels."""
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
+    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
+    return images.float().mul_(1 / (255 * std)).sub_(mean / std)  # in place: a tenth of a CLIP step otherwise
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.05) -> float:
