@@ -1,6 +1,6 @@
 """Recipe: train the mini world's CLIP (`encoders/mini-clip.yaml`) contrastively, from scratch, on CPU.
 
-    python scripts/train_mini_clip.py                       # the committed weights (about 13 min on 2 cores)
+    python scripts/train_mini_clip.py                       # the committed weights (about 16 min on 2 cores)
     python scripts/train_mini_clip.py --steps 3 --train-size 64 --out /tmp/clip/mini-clip.safetensors   # smoke test
 
 The architecture comes from the card (open_clip's own `CLIP` class), the text tokenizer from

@@ -1,6 +1,6 @@
 """Recipe: train the mini world's LLaVA (`vlms/mini-llava.yaml`) on CPU, from scratch.
 
-    python scripts/train_mini_llava.py                      # the committed weights (about 10 min on 2 cores)
+    python scripts/train_mini_llava.py                      # the committed weights (about 14 min on 2 cores)
     python scripts/train_mini_llava.py --steps 3 --train-size 64 --out /tmp/llava   # smoke test
 
 transformers' `LlavaForConditionalGeneration`: the vision tower is the trained mini CLIP converted with

@@ -91,6 +91,7 @@ def test_vqa_answers_follow_from_the_scene(index):
         elif kind == "yes/no":
             words = question.rstrip("?").split()
             assert (answer == "yes") == ((words[-2], words[-1]) in colors_shapes)
+            assert words[-3] == ("an" if words[-2][0] in "aeiou" else "a")  # "is there an orange square?"
         elif kind == "color":
             shape = question.split()[-1].rstrip("?")
             assert [o.color for o in scene.objects if o.shape == shape] == [answer]
@@ -181,6 +182,7 @@ def test_tokenizers_know_every_word_of_the_world():
         assert llava.unk_token_id not in ids, text
         assert llava.decode(ids).replace(" :", ":") == text, text  # decodes back (PTB splits ":" for CIDEr anyway)
         assert clip.token_to_id("<unk>") not in clip.encode(text).ids, text
+    assert not {"{", "}", "}?"} & set(clip.get_vocab()), "template placeholders leaked into the vocabulary"
     end = clip.token_to_id("<end_of_text>")
     assert end == clip.get_vocab_size() - 1 and clip.encode("a red circle").ids[-1] == end
 

@@ -50,7 +50,7 @@ def test_clip_recipe_writes_a_full_clip_the_card_loads(trained_clip):
     from vlm_eval.encoders.openclip_family import load_openclip_clip
 
     loaded = load_openclip_clip(_clip_card(trained_clip / "clip.safetensors"))
-    assert loaded.model.token_embedding.num_embeddings == 75
+    assert loaded.model.token_embedding.num_embeddings == 72
     assert torch.isfinite(loaded.model.logit_scale)
     assert (trained_clip / "mini-clip-tokenizer.json").is_file()
 

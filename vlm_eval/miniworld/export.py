@@ -36,7 +36,7 @@ from vlm_eval.miniworld.scenes import SPLIT_CODES, WORLD_SEED, sample_scene, zer
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 2  # bump whenever a change to the world changes a file: stale caches are rewritten
+WORLD_VERSION = 3  # bump whenever a change to the world changes a file: stale caches are rewritten
 SPLIT_SIZES = {"train": 10_000, "val": 500, "test": 500, "zeroshot": 600}
 SAMPLE_SIZES = {"train": 0, "val": 0, "test": 12, "zeroshot": 24}  # committed in assets/miniworld/sample
 EVAL_SPLITS = ("val", "test", "zeroshot")

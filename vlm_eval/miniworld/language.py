@@ -8,6 +8,7 @@ another form ("two" for "2"), or get it wrong, as in the VQA data sets.
 
 from __future__ import annotations
 
+import re
 from functools import partial
 
 import numpy as np
@@ -38,7 +39,7 @@ QUESTION_FORMS = {  # every wording a question can take (for the tokenizer's voc
     "count": "how many shapes are there?",
     "count_alt": "how many objects are in the picture?",
     "position": "where is the {color} {shape}?",
-    "yes/no": "is there a {color} {shape}?",
+    "yes/no": "is there {article} {color} {shape}?",
 }
 
 
@@ -142,12 +143,16 @@ def _ask_yes_no(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     present = {(o.color, o.shape) for o in scene.objects}
     if rng.random() < 0.5:
         color, shape = sorted(present)[rng.integers(len(present))]
-        return QUESTION_FORMS["yes/no"].format(color=color, shape=shape), "yes"
+        return _is_there(color, shape), "yes"
     # Half of the "no" questions name a colour that is there with a shape that is not, so they test shape.
     colors = sorted({c for c, _ in present}) if rng.random() < 0.5 else list(COLORS)
     absent = [(c, s) for c in colors for s in SHAPES if (c, s) not in present]
     color, shape = absent[rng.integers(len(absent))]
-    return QUESTION_FORMS["yes/no"].format(color=color, shape=shape), "no"
+    return _is_there(color, shape), "no"
+
+
+def _is_there(color: str, shape: str) -> str:
+    return QUESTION_FORMS["yes/no"].format(article=article(color), color=color, shape=shape)
 
 
 _ASKERS = {"color": partial(_ask_by_unique, key="shape", kind="color"),
@@ -171,7 +176,7 @@ def class_name(color: str, shape: str) -> str:
 
 def fixed_texts() -> list[str]:
     """Every word the world can use, as texts (the tokenizers' vocabularies are built from these)."""
-    texts = list(PLACES.values()) + list(NUMBERS.values()) + list(QUESTION_FORMS.values())
+    texts = list(PLACES.values()) + list(NUMBERS.values()) + [re.sub(r"\{\w+\}", " ", q) for q in QUESTION_FORMS.values()]
     texts += list(COLORS) + list(SHAPES) + list(REGIONS) + ["small large shape shapes there is are a an and single with"]
     texts += ["to the left of to the right of above below , : ? yes no 1 2 3"]
     texts += [w for words in SYNONYMS.values() for w in words]

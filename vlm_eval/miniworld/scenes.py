@@ -24,8 +24,8 @@ COLORS = {  # name -> RGB of the paint; each object gets a little jitter on top
     "orange": (240, 135, 30),
 }
 SHAPES = ("circle", "square", "triangle", "cross")
-SIZES = {"small": (20, 26), "large": (34, 42)}  # circumradius range in pixels
-REGIONS = {"left": (52, 112), "right": (172, 112), "top": (112, 52), "bottom": (112, 172), "center": (112, 112)}
+SIZES = {"small": (26, 32), "large": (38, 44)}  # circumradius in pixels: a small shape spans about two 32-px patches
+REGIONS = {"left": (50, 112), "right": (174, 112), "top": (112, 50), "bottom": (112, 174), "center": (112, 112)}
 BACKGROUNDS = ("blobs", "stripes", "checker", "gradient")
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "zeroshot": 4}
 JITTER = 6  # pixels of random offset around a region's anchor
