@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test]"
+	# the reference APGD the attack tests compare with; --no-deps: it pins requests 2.25 but never imports it
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $@
 
 demo: install

@@ -40,6 +40,9 @@ def test_batch_size_does_not_change_outputs_or_losses(model, request):
         single = Batch([batch.ids[k]], batch.pixels[k : k + 1], [batch.prompts[k]])
         loss = vlm.loss_closure(single, [TARGETS[k]])(single.pixels)
         assert loss.item() == pytest.approx(losses[k].item(), abs=1e-5)
+    rows = torch.tensor([2, 0])  # the samples an attack still runs
+    subset = vlm.loss_closure(batch, TARGETS)(batch.pixels[rows], rows)
+    assert torch.allclose(subset, losses[rows], atol=1e-5)
 
 
 def test_gradients_reach_the_pixels_and_stay_per_sample(tiny_robust_llava):

@@ -38,3 +38,7 @@ class CheckpointError(VlmEvalError):
 
 class CardError(VlmEvalError):
     """A card (YAML) that does not follow its schema."""
+
+
+class NonFiniteLossError(VlmEvalError):
+    """An attack's loss became NaN or infinite (often fp16 overflow)."""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]  # pixels (B, 3, H, W) in [0, 1] -> loss (B,)
+from vlm_eval.attacks.base import LossFn
 
 
 @dataclass

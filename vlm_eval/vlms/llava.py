@@ -118,7 +118,7 @@ class LlavaAdapter:
         return [text.strip() for text in self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)]
 
     def loss_closure(self, batch: Batch, targets: list[str]) -> LossFn:
-        """`loss_fn(pixels) -> (B,)`: mean cross-entropy of each target's tokens (EOS included).
+        """`loss_fn(pixels, rows=None) -> (n,)`: mean cross-entropy of each target's tokens (EOS included).
 
         Prompt, image tokens and padding are masked out. Each sample's loss depends only on its own
         pixels, prompt and target (left padding with explicit position ids), so its gradient does
@@ -135,16 +135,17 @@ class LlavaAdapter:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         keep = max(len(t) for _, t in pairs) + 1  # logits at position p predict token p + 1
 
-        def loss_fn(pixels: torch.Tensor) -> torch.Tensor:
+        def loss_fn(pixels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            pick = slice(None) if rows is None else rows.to(self.device)  # the samples still under attack
             logits = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
+                input_ids=ids[pick],
+                attention_mask=mask[pick],
+                position_ids=positions[pick],
                 pixel_values=self.normalize(pixels),
                 logits_to_keep=keep,
             ).logits
             predicted = logits[:, :-1].float()  # (B, keep - 1, V)
-            wanted = labels[:, width - keep + 1 :]  # (B, keep - 1)
+            wanted = labels[pick, width - keep + 1 :]  # (n, keep - 1)
             ce = F.cross_entropy(predicted.transpose(1, 2), wanted, ignore_index=-100, reduction="none")
             return ce.sum(-1) / (wanted != -100).sum(-1)
 

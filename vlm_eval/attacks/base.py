@@ -1,0 +1,62 @@
+"""What every attack shares: the loss-closure contract, the per-sample best iterate, samples leaving.
+
+Attacks know nothing about models. They call `loss_fn(pixels, rows)`, where `rows` are the batch
+positions of the samples still running, and each sample keeps its own state, so a sample's result
+does not depend on the batch it is in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from vlm_eval.errors import NonFiniteLossError
+
+# loss_fn(pixels (n, 3, H, W) in [0, 1], rows (n,) of the batch they belong to, or None for all) -> loss (n,)
+LossFn = Callable[..., torch.Tensor]
+# (rows, loss at their current iterate) -> which of them are done and may leave the batch
+DoneFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class AttackResult:
+    x_adv: torch.Tensor  # (B, ...) each sample's best iterate (the start if nothing beat it)
+    loss: torch.Tensor  # (B,) the loss there
+    steps: torch.Tensor  # (B,) steps each sample ran (fewer where it left early)
+
+
+def evaluate(loss_fn: LossFn, x: torch.Tensor, rows: torch.Tensor, sign: float, step: int):
+    """(objective, its gradient) at `x`; the objective is the loss, negated when the attack minimises."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = loss_fn(x, rows).float()
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    bad = ~torch.isfinite(loss)
+    if bad.any():
+        raise NonFiniteLossError(
+            f"the attack loss is {loss[bad][0].item()} for batch rows {rows[bad].tolist()} at step {step}; "
+            "in fp16 try --precision bf16 or fp32")
+    return sign * loss.detach(), sign * grad.detach()
+
+
+class Best:
+    """Each sample's best iterate so far and its objective."""
+
+    def __init__(self, x: torch.Tensor, objective: torch.Tensor):
+        self.x, self.objective = x.clone(), objective.clone()
+
+    def update(self, rows: torch.Tensor, x: torch.Tensor, objective: torch.Tensor) -> torch.Tensor:
+        """Keep the iterates that beat their sample's best; returns which did."""
+        better = objective > self.objective[rows]
+        self.x[rows[better]] = x[better]
+        self.objective[rows[better]] = objective[better]
+        return better
+
+
+def still_running(done: DoneFn | None, rows: torch.Tensor, objective: torch.Tensor, sign: float) -> torch.Tensor:
+    """Mask over `rows` of the samples that go on."""
+    if done is None:
+        return torch.ones_like(rows, dtype=torch.bool)
+    return ~done(rows, sign * objective).to(torch.bool)
