@@ -74,6 +74,11 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--postprocess", choices=("llava", "openflamingo"), default=defaults.postprocess,
                    help="clean-up of answers and captions before scoring: LLaVA's own evaluation, or OpenFlamingo's "
                         "(as RobustVLM applies it to LLaVA too)")
+    attack = p.add_argument_group("attack", "an attack on the image; robust scores are the per-sample worst of clean and attacked")
+    attack.add_argument("--attack", default=defaults.attack, help="none, pgd or apgd (default %(default)s)")
+    attack.add_argument("--eps", default=defaults.eps, help="radius in [0, 1] pixels, e.g. 4/255 (default %(default)s)")
+    attack.add_argument("--norm", choices=("linf", "l2"), default=defaults.norm, help="default %(default)s")
+    attack.add_argument("--steps", type=int, default=defaults.steps, help="iterations per sample (default %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -87,6 +92,7 @@ def eval_command(argv: list[str]) -> int:
         data_root=args.data_root, data=dict(_key_value(kv) for kv in args.data), output_dir=args.output_dir,
         weights_dir=args.weights_dir, allow_download=args.allow_download, strict=args.strict,
         vqa_normalize=args.vqa_normalize, postprocess=args.postprocess, encoder_arch=args.encoder_arch,
+        attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps,
     )
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
@@ -110,7 +116,8 @@ def summary_table(run_dir: Path) -> str:
         f"task        {config['resolved']['task_card']}   samples {summary['n_samples']}   skipped {summary['n_skipped']}",
         f"model       {_model_line(config['resolved'])}   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
     ]
-    lines += [f"{name:<13} {_metric(value)}" for name, value in summary["metrics"].items()]
+    width = max(13, *(len(name) + 1 for name in summary["metrics"]))
+    lines += [f"{name:<{width}} {_metric(value)}" for name, value in summary["metrics"].items()]
     if prov["random_weights"]:
         lines.append("NOTE: random-weight models: these scores are meaningless; they only show the pipeline runs.")
     return "\n".join(lines)

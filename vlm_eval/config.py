@@ -31,6 +31,10 @@ class EvalConfig:
     vqa_normalize: str = "official"  # "official" VQA answer normalisation, or "always" (OpenFlamingo's)
     postprocess: str = "llava"  # answer / caption clean-up: LLaVA's own evaluation, or "openflamingo" (RobustVLM)
     encoder_arch: str = "ViT-L-14-quickgelu"  # architecture of an encoder given as a path
+    attack: str = "none"  # none, or a registered attack (pgd, apgd) on the image
+    eps: str = "4/255"  # the attack's radius, as written
+    norm: str = "linf"  # linf or l2
+    steps: int = 100  # attack iterations per sample
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -39,6 +43,8 @@ class EvalConfig:
             raise VlmEvalError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
         if self.batch_size < 1:
             raise VlmEvalError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.steps < 1:
+            raise VlmEvalError(f"--steps must be >= 1, got {self.steps}")
         if self.n_samples is not None and self.n_samples < 1:
             raise VlmEvalError(f"--n-samples must be >= 1, got {self.n_samples}")
 

@@ -39,6 +39,7 @@ class Resolved:
     device: str
     precision: str
     run_dir: Path
+    attack: Any | None = None  # an AttackSpec, or None for a clean run
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -59,7 +60,7 @@ def run(config: EvalConfig) -> Path:
     vlm = load_vlm(config, resolved)
 
     run_dir = start_run_dir(config, resolved, samples)
-    records, skipped = generate_all(vlm, resolved.task, samples, config, run_dir)
+    records, skipped = generate_all(vlm, resolved.task, samples, config, run_dir, resolved.attack)
     metrics = score_records(resolved.task, records)
     write_outcome(run_dir, config, resolved, records, skipped, metrics)
     return run_dir
@@ -105,7 +106,22 @@ def resolve(config: EvalConfig) -> Resolved:
         task = TASK_TYPES.get(task_card.type)(task_card, options)
     except ValueError as exc:
         raise VlmEvalError(f"task {task_card.name!r}: {exc}") from exc
-    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config, zeroshot))
+    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config, zeroshot),
+                    resolve_attack(config, zeroshot))
+
+
+def resolve_attack(config: EvalConfig, zeroshot: bool) -> Any | None:
+    """The attack the config asks for (None for a clean run); bad names and radii fail here."""
+    if config.attack == "none":
+        return None
+    if zeroshot:
+        raise VlmEvalError("--attack is not available for zero-shot classification tasks yet")
+    from vlm_eval.attacks.vlm import AttackSpec
+
+    try:
+        return AttackSpec.parse(config.attack, config.eps, config.norm, config.steps)
+    except ValueError as exc:
+        raise VlmEvalError(f"--eps / --norm: {exc}") from exc
 
 
 def resolve_encoder_card(config: EvalConfig) -> Any | None:
@@ -284,18 +300,36 @@ def classify_all(classifier: Any, resolved: Resolved, samples: list[Any], classe
                       config, run_dir, "classifying")
 
 
-def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Generate for every sample in batches, appending each batch's records to samples.jsonl."""
+def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, run_dir: Path,
+                 attack: Any | None = None) -> tuple[list[dict], list[dict]]:
+    """Generate for every sample in batches (and, with an attack, again on the attacked images),
+    appending each batch's records to samples.jsonl."""
     from vlm_eval.data import preprocess_image
     from vlm_eval.vlms.base import Batch
 
     def generate(kept: list[Any], pixels: Any) -> list[dict]:
-        prompts = [vlm.format_prompt(*task.prompt_args(s)) for s in kept]
-        outputs = vlm.generate(Batch([s.id for s in kept], pixels, prompts), task.card.max_new_tokens)
-        return [sample_record(s, raw, task.postprocess(raw)) for s, raw in zip(kept, outputs)]
+        batch = Batch([s.id for s in kept], pixels, [vlm.format_prompt(*task.prompt_args(s)) for s in kept])
+        outputs = vlm.generate(batch, task.card.max_new_tokens)
+        records = [sample_record(s, raw, task.postprocess(raw)) for s, raw in zip(kept, outputs)]
+        if attack is not None:
+            add_attacked_outputs(vlm, task, batch, kept, records, attack)
+        return records
 
-    return in_batches(samples, lambda image: preprocess_image(image, vlm.image_size), generate,
-                      config, run_dir, "generating")
+    desc = "generating" if attack is None else f"generating, {attack.name} {attack.threat.eps_text}"
+    return in_batches(samples, lambda image: preprocess_image(image, vlm.image_size), generate, config, run_dir, desc)
+
+
+def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], attack: Any) -> None:
+    """Attack the batch against each sample's target text and record what the VLM says then."""
+    from vlm_eval.attacks.vlm import untargeted
+    from vlm_eval.vlms.base import Batch
+
+    targets = [task.attack_target(s) for s in kept]
+    result = untargeted(vlm, batch, targets, attack)
+    outputs = vlm.generate(Batch(batch.ids, result.x_adv, batch.prompts), task.card.max_new_tokens)
+    for record, target, raw, loss in zip(records, targets, outputs, result.loss.tolist()):
+        record["adversarial"] = {"output": task.postprocess(raw), "raw_output": raw, "target": target,
+                                 "loss": loss, "attack": attack.name}
 
 
 def in_batches(samples: list[Any], preprocess: Any, evaluate: Any, config: EvalConfig, run_dir: Path,
@@ -353,7 +387,27 @@ def score_records(task: Any, records: list[dict]) -> dict[str, float]:
     metrics, per_item = task.score(refs, outputs)
     for record in records:
         record["score"] = per_item[record["id"]]
+    if "adversarial" in records[0]:
+        metrics.update(score_robust(task, records, refs))
     return metrics
+
+
+def score_robust(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
+    """The robust score: per sample the worst of the clean and the attacked output, scored as a set.
+
+    Per-sample CIDEr depends on the references only (its idf comes from them), so the worst output's
+    score does not change when the set is scored again, and robust <= clean holds exactly.
+    """
+    _, attacked = task.score(refs, {r["id"]: r["adversarial"]["output"] for r in records})
+    worst = {}
+    for record in records:
+        record["adversarial"]["score"] = attacked[record["id"]]
+        clean_wins = record["score"] <= attacked[record["id"]]
+        worst[record["id"]] = record["output"] if clean_wins else record["adversarial"]["output"]
+    metrics, per_item = task.score(refs, worst)
+    for record in records:
+        record["score_robust"] = per_item[record["id"]]
+    return {f"{name}_robust": value for name, value in metrics.items()}
 
 
 def run_dir_for(config: EvalConfig, zeroshot: bool = False) -> Path:
@@ -381,6 +435,7 @@ def full_config(config: EvalConfig, resolved: Resolved) -> dict[str, Any]:
         "task_card": resolved.task_card.name,
         "device": resolved.device,
         "precision": resolved.precision,
+        "attack": resolved.attack.describe() if resolved.attack else None,
         **resolved.task.options(),
     }
     given = config.to_dict()

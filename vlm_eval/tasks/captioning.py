@@ -24,6 +24,10 @@ class Captioning:
     def prompt_args(self, sample: Any) -> tuple[str, str | None]:
         return self.card.prompt, None
 
+    def attack_target(self, sample: Any) -> str:
+        """The text an untargeted attack pushes away from: the first reference caption."""
+        return sample.references[0]
+
     def postprocess(self, text: str) -> str:
         return postprocess_caption(text, self.postprocess_style)
 

@@ -27,6 +27,11 @@ class VQA:
     def prompt_args(self, sample: Any) -> tuple[str, str | None]:
         return self.card.prompt, sample.question
 
+    def attack_target(self, sample: Any) -> str:
+        """The text an untargeted attack pushes away from: the most frequent human answer (first on ties)."""
+        answers = list(sample.references)
+        return max(answers, key=lambda a: (answers.count(a), -answers.index(a)))
+
     def postprocess(self, text: str) -> str:
         return postprocess_vqa_answer(text, self.postprocess_style)
 

@@ -1,0 +1,55 @@
+"""`python -m vlm_eval ... --attack`: the mini world's trained models under attack, on the committed sample."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vlm_eval.cli import main
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "miniworld"
+MINI = ["--vlm", "mini-llava", "--encoder", "mini-clip", "--n-samples", "all", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    return Path(shutil.copytree(ASSETS / "sample", tmp_path_factory.mktemp("sample") / "world"))
+
+
+def _run(tmp_path, sample, *args) -> tuple[dict, list[dict]]:
+    out = tmp_path / "run"
+    assert main([*MINI, "--data-root", str(sample), "--output-dir", str(out), *args]) == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    return json.loads((out / "summary.json").read_text()), records
+
+
+@pytest.mark.parametrize("task,metric", [("mini-coco", "cider"), ("mini-vqa", "vqa_accuracy")])
+def test_apgd_lowers_the_score_of_the_trained_models(task, metric, sample, tmp_path):
+    summary, records = _run(tmp_path, sample, "--task", task, "--attack", "apgd", "--eps", "4/255", "--steps", "5")
+    clean, robust = summary["metrics"][metric], summary["metrics"][f"{metric}_robust"]
+    assert robust < clean - 10, (clean, robust)  # five steps at 4/255 already hurt
+    for record in records:
+        assert record["score_robust"] == pytest.approx(min(record["score"], record["adversarial"]["score"]))
+        assert record["adversarial"]["loss"] > 0
+    assert summary["config"]["resolved"]["attack"] == {
+        "name": "apgd", "norm": "linf", "eps": 4 / 255, "eps_text": "4/255", "steps": 5, "initial_step": 1.0}
+
+
+def test_untargeted_targets_are_the_first_caption_and_the_most_frequent_answer(sample, tmp_path):
+    _, records = _run(tmp_path, sample, "--task", "mini-vqa", "--attack", "pgd", "--steps", "1")
+    for record in records:
+        answers = record["references"]
+        assert answers.count(record["adversarial"]["target"]) == max(answers.count(a) for a in answers)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--attack", "fgsm"], "unknown attack 'fgsm'; known: apgd, pgd"),
+    (["--attack", "apgd", "--eps", "four"], "eps 'four' is not a number"),
+    (["--attack", "apgd", "--steps", "0"], "--steps must be >= 1"),
+])
+def test_bad_attack_settings_fail_before_any_work(args, message, sample, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*MINI, "--task", "mini-coco", "--data-root", str(sample), "--output-dir", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
