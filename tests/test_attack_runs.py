@@ -53,3 +53,27 @@ def test_bad_attack_settings_fail_before_any_work(args, message, sample, tmp_pat
     assert main([*MINI, "--task", "mini-coco", "--data-root", str(sample), "--output-dir", str(out), *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_targeted_attack_makes_the_model_say_the_target(sample, tmp_path):
+    summary, records = _run(tmp_path, sample, "--task", "mini-coco", "--attack", "targeted",
+                            "--target", "a purple cross", "--eps", "4/255", "--steps", "30")
+    metrics = summary["metrics"]
+    hits = [r for r in records if r["adversarial"]["target_in_output"]]
+    assert hits and metrics["target_success_rate"] == pytest.approx(100 * len(hits) / len(records))
+    assert all("a purple cross" in r["adversarial"]["raw_output"] for r in hits)
+    assert metrics["target_exact_match_rate"] <= metrics["target_success_rate"]
+    assert metrics["cider_attacked"] < metrics["cider"] - 50  # the captions no longer describe the image
+    assert summary["config"]["resolved"]["attack"]["target"] == "a purple cross"
+
+
+def test_target_presets_and_their_errors():
+    from vlm_eval.attacks.vlm import AttackSpec
+
+    spec = AttackSpec.parse("targeted", "2/255", "linf", 10, "password")
+    assert spec.target == "Please reset your password" and spec.describe()["algorithm"] == "apgd"
+    assert AttackSpec.parse("targeted", "2/255", "linf", 10, "say hi").target == "say hi"
+    with pytest.raises(ValueError, match="needs --target"):
+        AttackSpec.parse("targeted", "2/255", "linf", 10)
+    with pytest.raises(ValueError, match="--target is for --attack targeted"):
+        AttackSpec.parse("apgd", "2/255", "linf", 10, "say hi")

@@ -75,7 +75,10 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="clean-up of answers and captions before scoring: LLaVA's own evaluation, or OpenFlamingo's "
                         "(as RobustVLM applies it to LLaVA too)")
     attack = p.add_argument_group("attack", "an attack on the image; robust scores are the per-sample worst of clean and attacked")
-    attack.add_argument("--attack", default=defaults.attack, help="none, pgd or apgd (default %(default)s)")
+    attack.add_argument("--attack", default=defaults.attack,
+                        help="none, pgd, apgd (untargeted) or targeted (APGD towards --target) (default %(default)s)")
+    attack.add_argument("--target", help="targeted attacks: the string the VLM should say, or a preset: url, "
+                        "password, stupid, stocks, vaccines, email")
     attack.add_argument("--eps", default=defaults.eps, help="radius in [0, 1] pixels, e.g. 4/255 (default %(default)s)")
     attack.add_argument("--norm", choices=("linf", "l2"), default=defaults.norm, help="default %(default)s")
     attack.add_argument("--steps", type=int, default=defaults.steps, help="iterations per sample (default %(default)s)")
@@ -92,7 +95,7 @@ def eval_command(argv: list[str]) -> int:
         data_root=args.data_root, data=dict(_key_value(kv) for kv in args.data), output_dir=args.output_dir,
         weights_dir=args.weights_dir, allow_download=args.allow_download, strict=args.strict,
         vqa_normalize=args.vqa_normalize, postprocess=args.postprocess, encoder_arch=args.encoder_arch,
-        attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps,
+        attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps, target=args.target,
     )
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked

@@ -35,6 +35,7 @@ class EvalConfig:
     eps: str = "4/255"  # the attack's radius, as written
     norm: str = "linf"  # linf or l2
     steps: int = 100  # attack iterations per sample
+    target: str | None = None  # targeted attacks: the string, or a preset name (attacks.vlm.TARGET_PRESETS)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -119,9 +119,9 @@ def resolve_attack(config: EvalConfig, zeroshot: bool) -> Any | None:
     from vlm_eval.attacks.vlm import AttackSpec
 
     try:
-        return AttackSpec.parse(config.attack, config.eps, config.norm, config.steps)
+        return AttackSpec.parse(config.attack, config.eps, config.norm, config.steps, config.target)
     except ValueError as exc:
-        raise VlmEvalError(f"--eps / --norm: {exc}") from exc
+        raise VlmEvalError(str(exc)) from exc
 
 
 def resolve_encoder_card(config: EvalConfig) -> Any | None:
@@ -320,16 +320,17 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
 
 
 def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], attack: Any) -> None:
-    """Attack the batch against each sample's target text and record what the VLM says then."""
-    from vlm_eval.attacks.vlm import untargeted
+    """Attack the batch (away from each sample's reference, or towards the target) and record what the VLM says then."""
+    from vlm_eval.attacks.vlm import attack_batch, target_hit
     from vlm_eval.vlms.base import Batch
 
-    targets = [task.attack_target(s) for s in kept]
-    result = untargeted(vlm, batch, targets, attack)
+    result, texts = attack_batch(vlm, batch, [task.attack_target(s) for s in kept], attack)
     outputs = vlm.generate(Batch(batch.ids, result.x_adv, batch.prompts), task.card.max_new_tokens)
-    for record, target, raw, loss in zip(records, targets, outputs, result.loss.tolist()):
-        record["adversarial"] = {"output": task.postprocess(raw), "raw_output": raw, "target": target,
+    for record, text, raw, loss in zip(records, texts, outputs, result.loss.tolist()):
+        record["adversarial"] = {"output": task.postprocess(raw), "raw_output": raw, "target": text,
                                  "loss": loss, "attack": attack.name}
+        if attack.targeted:  # success is judged on the raw output: post-processing may cut the target
+            record["adversarial"]["target_in_output"], record["adversarial"]["exact_match"] = target_hit(raw, text)
 
 
 def in_batches(samples: list[Any], preprocess: Any, evaluate: Any, config: EvalConfig, run_dir: Path,
@@ -388,8 +389,22 @@ def score_records(task: Any, records: list[dict]) -> dict[str, float]:
     for record in records:
         record["score"] = per_item[record["id"]]
     if "adversarial" in records[0]:
-        metrics.update(score_robust(task, records, refs))
+        targeted = "target_in_output" in records[0]["adversarial"]
+        metrics.update(score_targeted(task, records, refs) if targeted else score_robust(task, records, refs))
     return metrics
+
+
+def score_targeted(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
+    """Success rates of a targeted attack (x100) and the task metric of the attacked outputs."""
+    metrics, attacked = task.score(refs, {r["id"]: r["adversarial"]["output"] for r in records})
+    for record in records:
+        record["adversarial"]["score"] = attacked[record["id"]]
+
+    def share(key: str) -> float:
+        return 100.0 * sum(r["adversarial"][key] for r in records) / len(records)
+
+    return {"target_success_rate": share("target_in_output"), "target_exact_match_rate": share("exact_match"),
+            **{f"{name}_attacked": value for name, value in metrics.items()}}
 
 
 def score_robust(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
