@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlm_eval.cli import main
 
@@ -77,3 +78,36 @@ def test_target_presets_and_their_errors():
         AttackSpec.parse("targeted", "2/255", "linf", 10)
     with pytest.raises(ValueError, match="--target is for --attack targeted"):
         AttackSpec.parse("apgd", "2/255", "linf", 10, "say hi")
+
+
+def test_adversarial_images_are_saved_losslessly_and_transfer(sample, tmp_path):
+    from safetensors.torch import load_file
+
+    from vlm_eval.attacks.saved import adversarial_file, quantize_8bit
+
+    source = tmp_path / "attacked"
+    assert main([*MINI, "--task", "mini-coco", "--data-root", str(sample), "--output-dir", str(source),
+                 "--attack", "apgd", "--eps", "4/255", "--steps", "5"]) == 0
+    first = json.loads((source / "samples.jsonl").read_text().splitlines()[0])
+    image = load_file(str(adversarial_file(source, first["id"])))["pixels"]
+    assert image.dtype == torch.float32 and not torch.equal(quantize_8bit(image), image)  # not rounded to 8 bits
+
+    again, records = _run(tmp_path / "again", sample, "--task", "mini-coco", "--from-adversarial", str(source))
+    source_summary = json.loads((source / "summary.json").read_text())
+    assert again["metrics"]["cider_robust"] == pytest.approx(source_summary["metrics"]["cider_robust"], abs=1e-6)
+    assert records[0]["adversarial"]["output"] == first["adversarial"]["output"]  # same images, same answers
+    assert again["config"]["resolved"]["attack"]["source"] == str(source)
+
+    png, _ = _run(tmp_path / "png", sample, "--task", "mini-coco", "--from-adversarial", str(source), "--quantize-8bit")
+    assert png["config"]["resolved"]["attack"]["quantize_8bit"] is True
+    assert png["metrics"]["cider_robust"] <= png["metrics"]["cider"]
+
+
+def test_from_adversarial_needs_every_sample_before_any_work(sample, tmp_path, capsys):
+    empty = tmp_path / "other-run"
+    (empty / "adversarial").mkdir(parents=True)
+    out = tmp_path / "run"
+    assert main([*MINI, "--task", "mini-coco", "--data-root", str(sample), "--output-dir", str(out),
+                 "--from-adversarial", str(empty)]) == 2
+    assert "no adversarial image for 12 of 12 samples" in capsys.readouterr().err
+    assert not out.exists()

@@ -82,6 +82,10 @@ def eval_parser() -> argparse.ArgumentParser:
     attack.add_argument("--eps", default=defaults.eps, help="radius in [0, 1] pixels, e.g. 4/255 (default %(default)s)")
     attack.add_argument("--norm", choices=("linf", "l2"), default=defaults.norm, help="default %(default)s")
     attack.add_argument("--steps", type=int, default=defaults.steps, help="iterations per sample (default %(default)s)")
+    attack.add_argument("--from-adversarial", metavar="RUN_DIR",
+                        help="evaluate the adversarial images a run with --attack saved (transfer, or re-scoring)")
+    attack.add_argument("--quantize-8bit", action="store_true",
+                        help="with --from-adversarial: round the images to 8 bits first, as saving a PNG would")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -96,6 +100,7 @@ def eval_command(argv: list[str]) -> int:
         weights_dir=args.weights_dir, allow_download=args.allow_download, strict=args.strict,
         vqa_normalize=args.vqa_normalize, postprocess=args.postprocess, encoder_arch=args.encoder_arch,
         attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps, target=args.target,
+        from_adversarial=args.from_adversarial, quantize_8bit=args.quantize_8bit,
     )
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked

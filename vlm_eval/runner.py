@@ -57,6 +57,8 @@ def run(config: EvalConfig) -> Path:
     samples = select_subset(read_task_samples(resolved.task_card, files), config.n_samples, config.seed)
     if resolved.zeroshot:
         return run_zeroshot(config, resolved, files, samples)
+    if hasattr(resolved.attack, "check"):  # saved adversarial images: all there before any work
+        resolved.attack.check([s.id for s in samples])
     vlm = load_vlm(config, resolved)
 
     run_dir = start_run_dir(config, resolved, samples)
@@ -112,6 +114,14 @@ def resolve(config: EvalConfig) -> Resolved:
 
 def resolve_attack(config: EvalConfig, zeroshot: bool) -> Any | None:
     """The attack the config asks for (None for a clean run); bad names and radii fail here."""
+    if config.from_adversarial:
+        if config.attack != "none":
+            raise VlmEvalError("--from-adversarial evaluates saved images instead of attacking: drop --attack")
+        from vlm_eval.attacks.saved import SavedAdversarial
+
+        return SavedAdversarial(Path(config.from_adversarial), config.quantize_8bit)
+    if config.quantize_8bit:
+        raise VlmEvalError("--quantize-8bit applies to the images of --from-adversarial RUN_DIR")
     if config.attack == "none":
         return None
     if zeroshot:
@@ -312,21 +322,29 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
         outputs = vlm.generate(batch, task.card.max_new_tokens)
         records = [sample_record(s, raw, task.postprocess(raw)) for s, raw in zip(kept, outputs)]
         if attack is not None:
-            add_attacked_outputs(vlm, task, batch, kept, records, attack)
+            add_attacked_outputs(vlm, task, batch, kept, records, attack, run_dir)
         return records
 
-    desc = "generating" if attack is None else f"generating, {attack.name} {attack.threat.eps_text}"
+    desc = "generating" if attack is None else f"generating, {attack.name}"
     return in_batches(samples, lambda image: preprocess_image(image, vlm.image_size), generate, config, run_dir, desc)
 
 
-def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], attack: Any) -> None:
+def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], attack: Any,
+                         run_dir: Path) -> None:
     """Attack the batch (away from each sample's reference, or towards the target) and record what the VLM says then."""
+    from vlm_eval.attacks.saved import SavedAdversarial, save_adversarial
     from vlm_eval.attacks.vlm import attack_batch, target_hit
     from vlm_eval.vlms.base import Batch
 
-    result, texts = attack_batch(vlm, batch, [task.attack_target(s) for s in kept], attack)
-    outputs = vlm.generate(Batch(batch.ids, result.x_adv, batch.prompts), task.card.max_new_tokens)
-    for record, text, raw, loss in zip(records, texts, outputs, result.loss.tolist()):
+    references = [task.attack_target(s) for s in kept]
+    if isinstance(attack, SavedAdversarial):
+        x_adv, texts, losses = attack.load(batch.ids), references, [None] * len(kept)
+    else:
+        result, texts = attack_batch(vlm, batch, references, attack)
+        x_adv, losses = result.x_adv, result.loss.tolist()
+        save_adversarial(run_dir, batch.ids, x_adv)
+    outputs = vlm.generate(Batch(batch.ids, x_adv, batch.prompts), task.card.max_new_tokens)
+    for record, text, raw, loss in zip(records, texts, outputs, losses):
         record["adversarial"] = {"output": task.postprocess(raw), "raw_output": raw, "target": text,
                                  "loss": loss, "attack": attack.name}
         if attack.targeted:  # success is judged on the raw output: post-processing may cut the target
