@@ -45,7 +45,7 @@ def test_untargeted_targets_are_the_first_caption_and_the_most_frequent_answer(s
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--attack", "fgsm"], "unknown attack 'fgsm'; known: apgd, pgd"),
+    (["--attack", "fgsm"], "unknown attack 'fgsm'; known: none, apgd, pgd, targeted"),
     (["--attack", "apgd", "--eps", "four"], "eps 'four' is not a number"),
     (["--attack", "apgd", "--steps", "0"], "--steps must be >= 1"),
 ])
@@ -111,3 +111,10 @@ def test_from_adversarial_needs_every_sample_before_any_work(sample, tmp_path, c
                  "--from-adversarial", str(empty)]) == 2
     assert "no adversarial image for 12 of 12 samples" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_zero_shot_tasks_refuse_attacks_rather_than_ignore_them(sample, tmp_path, capsys):
+    args = ["--encoder", "mini-clip", "--task", "mini-zeroshot", "--data-root", str(sample), "--n-samples", "all"]
+    assert main([*args, "--output-dir", str(tmp_path / "a"), "--attack", "apgd"]) == 2
+    assert main([*args, "--output-dir", str(tmp_path / "b"), "--from-adversarial", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("not available for zero-shot") == 2

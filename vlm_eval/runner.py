@@ -49,6 +49,7 @@ class Resolved:
 
 def run(config: EvalConfig) -> Path:
     """Evaluate, write the run folder and return its path."""
+    from vlm_eval.attacks.saved import SavedAdversarial
     from vlm_eval.data import select_subset
     from vlm_eval.tasks.data import read_task_samples
 
@@ -57,7 +58,7 @@ def run(config: EvalConfig) -> Path:
     samples = select_subset(read_task_samples(resolved.task_card, files), config.n_samples, config.seed)
     if resolved.zeroshot:
         return run_zeroshot(config, resolved, files, samples)
-    if hasattr(resolved.attack, "check"):  # saved adversarial images: all there before any work
+    if isinstance(resolved.attack, SavedAdversarial):  # every saved image there before any work
         resolved.attack.check([s.id for s in samples])
     vlm = load_vlm(config, resolved)
 
@@ -114,6 +115,8 @@ def resolve(config: EvalConfig) -> Resolved:
 
 def resolve_attack(config: EvalConfig, zeroshot: bool) -> Any | None:
     """The attack the config asks for (None for a clean run); bad names and radii fail here."""
+    if zeroshot and (config.attack != "none" or config.from_adversarial):
+        raise VlmEvalError("attacks are not available for zero-shot classification tasks yet")
     if config.from_adversarial:
         if config.attack != "none":
             raise VlmEvalError("--from-adversarial evaluates saved images instead of attacking: drop --attack")
@@ -124,8 +127,6 @@ def resolve_attack(config: EvalConfig, zeroshot: bool) -> Any | None:
         raise VlmEvalError("--quantize-8bit applies to the images of --from-adversarial RUN_DIR")
     if config.attack == "none":
         return None
-    if zeroshot:
-        raise VlmEvalError("--attack is not available for zero-shot classification tasks yet")
     from vlm_eval.attacks.vlm import AttackSpec
 
     try:
@@ -435,8 +436,8 @@ def score_robust(task: Any, records: list[dict], refs: dict[str, list[str]]) -> 
     worst = {}
     for record in records:
         record["adversarial"]["score"] = attacked[record["id"]]
-        clean_wins = record["score"] <= attacked[record["id"]]
-        worst[record["id"]] = record["output"] if clean_wins else record["adversarial"]["output"]
+        clean_is_worse = record["score"] <= attacked[record["id"]]
+        worst[record["id"]] = record["output"] if clean_is_worse else record["adversarial"]["output"]
     metrics, per_item = task.score(refs, worst)
     for record in records:
         record["score_robust"] = per_item[record["id"]]

@@ -38,14 +38,17 @@ class AttackSpec:
     @classmethod
     def parse(cls, name: str, eps: str, norm: str, steps: int, target: str | None = None) -> AttackSpec:
         from vlm_eval.attacks import ATTACKS
+        from vlm_eval.errors import UnknownNameError
 
+        known = sorted([*ATTACKS.names(), TARGETED])
+        if name not in known:
+            raise UnknownNameError(f"unknown attack {name!r}; known: none, {', '.join(known)}")
         if name == TARGETED:
             if not target:
                 raise ValueError(f"--attack targeted needs --target: a string or a preset ({', '.join(TARGET_PRESETS)})")
             target = TARGET_PRESETS.get(target, target)
         elif target:
             raise ValueError(f"--target is for --attack targeted, not {name}")
-        ATTACKS.get(cls.algorithm_of(name))  # an unknown name fails here, listing the known ones
         return cls(name, ThreatModel.parse(eps, norm), steps, target, dict(PROTOCOL_OPTIONS.get(cls.algorithm_of(name), {})))
 
     @staticmethod
