@@ -167,3 +167,17 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_matches_a_reference_apgd(classifi
     assert 10 < ours < clean - 10, "the setting must leave something to compare"
     assert ours <= with_pgd
     assert abs(ours - theirs) <= 1.0, (ours, theirs)
+
+
+def test_apgd_follows_the_reference_apgd_step_for_step_from_the_same_start(classifier, monkeypatch):
+    """Same start (x + eps, which torchattacks takes when its uniform draw is constant): the same best points."""
+    torchattacks = pytest.importorskip("torchattacks", reason="test dependency: pip install torchattacks")
+    x, y = _data(200, 7)
+    threat = ThreatModel.parse("16/255")
+    reference = torchattacks.APGD(classifier, norm="Linf", eps=threat.eps, steps=50, n_restarts=1, loss="ce", seed=0)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "rand", lambda *shape, **kw: torch.full(*shape, 0.75))  # its start becomes x + eps
+        x_best, _, loss_best, _ = reference.attack_single_run(x, y)
+    ours = apgd(_ce(classifier, y), x, threat, 50, x_init=x + threat.eps)
+    assert torch.allclose(ours.loss, loss_best, atol=1e-6)
+    assert torch.allclose(ours.x_adv, x_best, atol=1e-7)

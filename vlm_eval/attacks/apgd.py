@@ -25,15 +25,17 @@ def checkpoint_intervals(steps: int) -> tuple[int, int, int]:
 
 def apgd(loss_fn: LossFn, x: torch.Tensor, threat: tm.ThreatModel, steps: int, *, initial_step: float = 2.0,
          maximize: bool = True, random_start: bool = False, seeds: Sequence[int] | None = None,
-         done: DoneFn | None = None, momentum: float = 0.75, rise_share: float = 0.75) -> AttackResult:
+         x_init: torch.Tensor | None = None, done: DoneFn | None = None, momentum: float = 0.75,
+         rise_share: float = 0.75) -> AttackResult:
     """Maximise (or minimise) `loss_fn` per sample in the threat model's ball around `x`.
 
-    `initial_step` is in units of eps. Returns each sample's best iterate.
+    `initial_step` is in units of eps; `x_init` starts elsewhere than at `x` (the best point of an earlier
+    attack, say). Returns each sample's best iterate.
     """
     sign = 1.0 if maximize else -1.0
     x = x.detach()
     n = len(x)
-    x_adv = tm.random_start(x, threat, seeds or range(n)) if random_start else x.clone()
+    x_adv = tm.starting_point(x, threat, random_start, seeds, x_init)
     active = torch.arange(n, device=x.device)
     objective, grad = evaluate(loss_fn, x_adv, active, sign, 0)
     best, best_grad = Best(x_adv, objective), grad.clone()

@@ -16,15 +16,17 @@ from vlm_eval.attacks.base import AttackResult, Best, DoneFn, LossFn, evaluate, 
 
 def pgd(loss_fn: LossFn, x: torch.Tensor, threat: tm.ThreatModel, steps: int, *, step_size: float | None = None,
         maximize: bool = True, momentum: float = 0.0, random_start: bool = False,
-        seeds: Sequence[int] | None = None, done: DoneFn | None = None) -> AttackResult:
+        seeds: Sequence[int] | None = None, x_init: torch.Tensor | None = None,
+        done: DoneFn | None = None) -> AttackResult:
     """Maximise (or minimise) `loss_fn` per sample in the threat model's ball around `x`.
 
-    `step_size` defaults to 2.5 eps / steps (Madry et al.); `seeds` (one per sample) seed the random start.
+    `step_size` defaults to 2.5 eps / steps (Madry et al.); `seeds` (one per sample) seed the random start;
+    `x_init` starts elsewhere than at `x` (the best point of an earlier attack, say).
     """
     sign = 1.0 if maximize else -1.0
     step_size = 2.5 * threat.eps / max(steps, 1) if step_size is None else step_size
     x = x.detach()
-    x_adv = tm.random_start(x, threat, seeds or range(len(x))) if random_start else x.clone()
+    x_adv = tm.starting_point(x, threat, random_start, seeds, x_init)
     active = torch.arange(len(x), device=x.device)
     objective, grad = evaluate(loss_fn, x_adv, active, sign, 0)
     best = Best(x_adv, objective)

@@ -68,6 +68,14 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / _norms(grad).clamp_min(1e-12)
 
 
+def starting_point(x: torch.Tensor, threat: ThreatModel, random: bool, seeds: Sequence[int] | None,
+                   x_init: torch.Tensor | None) -> torch.Tensor:
+    """Where an attack starts: `x_init` (projected into the ball), a random point, or `x` itself."""
+    if x_init is not None:
+        return project(x_init.detach().to(x.dtype), x, threat)
+    return random_start(x, threat, seeds if seeds is not None else range(len(x))) if random else x.clone()
+
+
 def random_start(x: torch.Tensor, threat: ThreatModel, seeds: Sequence[int]) -> torch.Tensor:
     """A uniform point of the linf ball, or a random direction at a uniform radius of the l2 ball.
 
