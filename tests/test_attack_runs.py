@@ -45,7 +45,7 @@ def test_untargeted_targets_are_the_first_caption_and_the_most_frequent_answer(s
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--attack", "fgsm"], "unknown attack 'fgsm'; known: none, apgd, pgd, targeted"),
+    (["--attack", "fgsm"], "unknown attack 'fgsm'; known: none, apgd, pgd, targeted, ensemble"),
     (["--attack", "apgd", "--eps", "four"], "eps 'four' is not a number"),
     (["--attack", "apgd", "--steps", "0"], "--steps must be >= 1"),
 ])
@@ -118,3 +118,67 @@ def test_zero_shot_tasks_refuse_attacks_rather_than_ignore_them(sample, tmp_path
     assert main([*args, "--output-dir", str(tmp_path / "a"), "--attack", "apgd"]) == 2
     assert main([*args, "--output-dir", str(tmp_path / "b"), "--from-adversarial", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("not available for zero-shot") == 2
+
+
+def test_default_schedules_are_the_papers_protocol():
+    from vlm_eval.attacks.ensemble import Schedule
+    from vlm_eval.cards import card_dir
+
+    captioning = Schedule.load(card_dir("schedules") / "captioning.yaml")
+    assert captioning.stop_below == 10
+    assert [r.label for r in captioning.runs] == [f"apgd fp16 reference {k}" for k in range(5)] + [
+        "apgd fp32 best text from best"]
+    vqa = Schedule.load(card_dir("schedules") / "vqa.yaml")
+    assert [r.target for r in vqa.runs if r.text == "target"] == ["maybe", "Word"] and len(vqa.runs) == 8
+    assert vqa.runs[-1].precision == "fp32" and vqa.runs[-1].start == "best"
+
+
+SHORT_SCHEDULE = """
+stop_below: 150
+runs:
+  - {attack: apgd, precision: fp32, text: reference, index: 0}
+  - {attack: pgd, precision: bf16, text: reference, index: 1}
+  - {attack: apgd, precision: fp32, text: best, start: best}
+"""
+
+
+def test_ensemble_keeps_each_samples_worst_case_and_skips_broken_samples(sample, tmp_path):
+    schedule = tmp_path / "short.yaml"
+    schedule.write_text(SHORT_SCHEDULE)
+    summary, records = _run(tmp_path, sample, "--task", "mini-coco", "--attack", "ensemble", "--schedule", str(schedule),
+                            "--eps", "4/255", "--steps", "3")
+    assert summary["metrics"]["cider_robust"] < summary["metrics"]["cider"]
+    skipped = 0
+    for record in records:
+        runs, adversarial = record["adversarial"]["runs"], record["adversarial"]
+        assert len(runs) == 3
+        tried = [s for s in runs if s is not None]
+        assert record["score_robust"] == pytest.approx(min([record["score"], *tried]))  # worst over every run
+        for k, score in enumerate(runs):  # once under stop_below, a sample is attacked no more
+            if score is not None and score < 150:
+                skipped += sum(s is None for s in runs[k + 1 :])
+                assert all(s is None for s in runs[k + 1 :])
+        if tried and min(tried) < record["score"]:
+            assert adversarial["attack"] == ["apgd fp32 reference 0", "pgd bf16 reference 1",
+                                             "apgd fp32 best text from best"][runs.index(min(tried))]
+    assert skipped > 0
+    assert summary["config"]["resolved"]["precision"] == "fp32"
+    assert summary["config"]["resolved"]["attack"]["schedule"]["stop_below"] == 150
+
+
+@pytest.mark.parametrize("text,message", [
+    ("runs: []", "needs `stop_below"),
+    ("stop_below: 1\nruns:\n  - {attack: apgd, lr: 3}", "run 0: unknown field(s) ['lr']"),
+    ("stop_below: 1\nruns:\n  - {attack: fgsm}", "run 0: bad attack 'fgsm'"),
+    ("stop_below: 1\nruns:\n  - {text: target}", "target without target"),
+])
+def test_bad_schedules_name_the_file_and_the_run(text, message, sample, tmp_path, capsys):
+    schedule = tmp_path / "bad.yaml"
+    schedule.write_text(text)
+    out = tmp_path / "run"
+    argv = [*MINI, "--task", "mini-coco", "--data-root", str(sample), "--output-dir", str(out)]
+    assert main([*argv, "--attack", "ensemble", "--schedule", str(schedule)]) == 2
+    err = capsys.readouterr().err
+    assert str(schedule) in err and message in err and not out.exists()
+    assert main([*argv, "--attack", "ensemble", "--precision", "fp16"]) == 2
+    assert "keeps fp32 weights" in capsys.readouterr().err

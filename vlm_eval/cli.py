@@ -76,12 +76,15 @@ def eval_parser() -> argparse.ArgumentParser:
                         "(as RobustVLM applies it to LLaVA too)")
     attack = p.add_argument_group("attack", "an attack on the image; robust scores are the per-sample worst of clean and attacked")
     attack.add_argument("--attack", default=defaults.attack,
-                        help="none, pgd, apgd (untargeted) or targeted (APGD towards --target) (default %(default)s)")
+                        help="none, pgd, apgd (untargeted), targeted (APGD towards --target) or ensemble "
+                        "(the papers' schedule, see --schedule) (default %(default)s)")
     attack.add_argument("--target", help="targeted attacks: the string the VLM should say, or a preset: url, "
                         "password, stupid, stocks, vaccines, email")
     attack.add_argument("--eps", default=defaults.eps, help="radius in [0, 1] pixels, e.g. 4/255 (default %(default)s)")
     attack.add_argument("--norm", choices=("linf", "l2"), default=defaults.norm, help="default %(default)s")
     attack.add_argument("--steps", type=int, default=defaults.steps, help="iterations per sample (default %(default)s)")
+    attack.add_argument("--schedule", metavar="FILE", help="--attack ensemble: the schedule (default: the task "
+                        "type's in schedules/, the papers' protocol)")
     attack.add_argument("--from-adversarial", metavar="RUN_DIR",
                         help="evaluate the adversarial images a run with --attack saved (transfer, or re-scoring)")
     attack.add_argument("--quantize-8bit", action="store_true",
@@ -100,7 +103,7 @@ def eval_command(argv: list[str]) -> int:
         weights_dir=args.weights_dir, allow_download=args.allow_download, strict=args.strict,
         vqa_normalize=args.vqa_normalize, postprocess=args.postprocess, encoder_arch=args.encoder_arch,
         attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps, target=args.target,
-        from_adversarial=args.from_adversarial, quantize_8bit=args.quantize_8bit,
+        schedule=args.schedule, from_adversarial=args.from_adversarial, quantize_8bit=args.quantize_8bit,
     )
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked

@@ -109,11 +109,16 @@ def resolve(config: EvalConfig) -> Resolved:
         task = TASK_TYPES.get(task_card.type)(task_card, options)
     except ValueError as exc:
         raise VlmEvalError(f"task {task_card.name!r}: {exc}") from exc
-    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config, zeroshot),
-                    resolve_attack(config, zeroshot))
+    attack = resolve_attack(config, zeroshot, task_card.type)
+    if attack is not None and attack.name == "ensemble":
+        if config.precision not in ("auto", "fp32"):
+            raise VlmEvalError("--attack ensemble keeps fp32 weights and runs its half-precision attacks under "
+                               "autocast: drop --precision or use fp32")
+        precision = "fp32"
+    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config, zeroshot), attack)
 
 
-def resolve_attack(config: EvalConfig, zeroshot: bool) -> Any | None:
+def resolve_attack(config: EvalConfig, zeroshot: bool, task_type: str) -> Any | None:
     """The attack the config asks for (None for a clean run); bad names and radii fail here."""
     if zeroshot and (config.attack != "none" or config.from_adversarial):
         raise VlmEvalError("attacks are not available for zero-shot classification tasks yet")
@@ -126,13 +131,31 @@ def resolve_attack(config: EvalConfig, zeroshot: bool) -> Any | None:
     if config.quantize_8bit:
         raise VlmEvalError("--quantize-8bit applies to the images of --from-adversarial RUN_DIR")
     if config.attack == "none":
+        if config.schedule:
+            raise VlmEvalError("--schedule is for --attack ensemble")
         return None
+    if config.attack == "ensemble":
+        return ensemble_spec(config, task_type)
     from vlm_eval.attacks.vlm import AttackSpec
 
     try:
         return AttackSpec.parse(config.attack, config.eps, config.norm, config.steps, config.target)
     except ValueError as exc:
         raise VlmEvalError(str(exc)) from exc
+
+
+def ensemble_spec(config: EvalConfig, task_type: str) -> Any:
+    """The schedule of --schedule, or the task type's default in schedules/, with the attack budget."""
+    from vlm_eval.attacks.ensemble import EnsembleSpec, Schedule
+    from vlm_eval.attacks.threat import ThreatModel
+    from vlm_eval.attacks.vlm import PROTOCOL_OPTIONS
+
+    path = Path(config.schedule) if config.schedule else cards.card_dir("schedules") / f"{task_type}.yaml"
+    try:
+        threat = ThreatModel.parse(config.eps, config.norm)
+    except ValueError as exc:
+        raise VlmEvalError(str(exc)) from exc
+    return EnsembleSpec(Schedule.load(path), threat, config.steps, PROTOCOL_OPTIONS)
 
 
 def resolve_encoder_card(config: EvalConfig) -> Any | None:
@@ -318,12 +341,17 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
     from vlm_eval.data import preprocess_image
     from vlm_eval.vlms.base import Batch
 
+    all_refs = {s.id: list(s.references) for s in samples}  # the ensemble scores samples against the whole set
+
     def generate(kept: list[Any], pixels: Any) -> list[dict]:
         batch = Batch([s.id for s in kept], pixels, [vlm.format_prompt(*task.prompt_args(s)) for s in kept])
         outputs = vlm.generate(batch, task.card.max_new_tokens)
         records = [sample_record(s, raw, task.postprocess(raw)) for s, raw in zip(kept, outputs)]
         if attack is not None:
-            add_attacked_outputs(vlm, task, batch, kept, records, attack, run_dir)
+            if attack.name == "ensemble":
+                add_ensemble_outputs(vlm, task, batch, kept, records, attack, run_dir, all_refs)
+            else:
+                add_attacked_outputs(vlm, task, batch, kept, records, attack, run_dir)
         return records
 
     desc = "generating" if attack is None else f"generating, {attack.name}"
@@ -337,7 +365,7 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     from vlm_eval.attacks.vlm import attack_batch, target_hit
     from vlm_eval.vlms.base import Batch
 
-    references = [task.attack_target(s) for s in kept]
+    references = [task.attack_texts(s)[0] for s in kept]
     if isinstance(attack, SavedAdversarial):
         x_adv, texts, losses = attack.load(batch.ids), references, [None] * len(kept)
     else:
@@ -350,6 +378,30 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
                                  "loss": loss, "attack": attack.name}
         if attack.targeted:  # success is judged on the raw output: post-processing may cut the target
             record["adversarial"]["target_in_output"], record["adversarial"]["exact_match"] = target_hit(raw, text)
+
+
+def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], spec: Any,
+                         run_dir: Path, all_refs: dict[str, list[str]]) -> None:
+    """Run the ensemble schedule on the batch; each record gets its worst output and the run that made it."""
+    from vlm_eval.attacks.ensemble import run_schedule
+    from vlm_eval.attacks.saved import save_adversarial
+
+    def generate(sub: Any) -> list[str]:
+        return vlm.generate(sub, task.card.max_new_tokens)
+
+    def score(rows: list[int], raw: list[str]) -> list[float]:
+        # Per-sample scores depend on the other samples' references (CIDEr's idf), not on their outputs.
+        outputs = dict.fromkeys(all_refs, "") | {batch.ids[i]: task.postprocess(r) for i, r in zip(rows, raw)}
+        _, per_item = task.score(all_refs, outputs)
+        return [per_item[batch.ids[i]] for i in rows]
+
+    clean = [r["raw_output"] for r in records]
+    worst = run_schedule(vlm, batch, [task.attack_texts(s) for s in kept], clean, score(list(range(len(kept))), clean),
+                         spec, generate, score)
+    save_adversarial(run_dir, batch.ids, worst["pixels"])
+    for i, record in enumerate(records):
+        record["adversarial"] = {"output": task.postprocess(worst["output"][i]), "raw_output": worst["output"][i],
+                                 "target": worst["text"][i], "attack": worst["by"][i], "runs": worst["runs"][i]}
 
 
 def in_batches(samples: list[Any], preprocess: Any, evaluate: Any, config: EvalConfig, run_dir: Path,

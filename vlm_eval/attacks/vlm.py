@@ -42,7 +42,7 @@ class AttackSpec:
 
         known = sorted([*ATTACKS.names(), TARGETED])
         if name not in known:
-            raise UnknownNameError(f"unknown attack {name!r}; known: none, {', '.join(known)}")
+            raise UnknownNameError(f"unknown attack {name!r}; known: none, {', '.join(known)}, ensemble")
         if name == TARGETED:
             if not target:
                 raise ValueError(f"--attack targeted needs --target: a string or a preset ({', '.join(TARGET_PRESETS)})")

@@ -24,9 +24,9 @@ class Captioning:
     def prompt_args(self, sample: Any) -> tuple[str, str | None]:
         return self.card.prompt, None
 
-    def attack_target(self, sample: Any) -> str:
-        """The text an untargeted attack pushes away from: the first reference caption."""
-        return sample.references[0]
+    def attack_texts(self, sample: Any) -> list[str]:
+        """The texts untargeted attacks push away from, first first: the reference captions in file order."""
+        return list(sample.references)
 
     def postprocess(self, text: str) -> str:
         return postprocess_caption(text, self.postprocess_style)

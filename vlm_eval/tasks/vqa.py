@@ -27,10 +27,11 @@ class VQA:
     def prompt_args(self, sample: Any) -> tuple[str, str | None]:
         return self.card.prompt, sample.question
 
-    def attack_target(self, sample: Any) -> str:
-        """The text an untargeted attack pushes away from: the most frequent human answer (first on ties)."""
+    def attack_texts(self, sample: Any) -> list[str]:
+        """The texts untargeted attacks push away from, first first: the distinct human answers, most frequent
+        first (ties in file order)."""
         answers = list(sample.references)
-        return max(answers, key=lambda a: (answers.count(a), -answers.index(a)))
+        return sorted(dict.fromkeys(answers), key=lambda a: (-answers.count(a), answers.index(a)))
 
     def postprocess(self, text: str) -> str:
         return postprocess_vqa_answer(text, self.postprocess_style)
