@@ -108,15 +108,15 @@ class EnsembleSpec:
 def run_schedule(vlm: Any, batch: Any, references: list[list[str]], clean: list[str], clean_scores: list[float],
                  spec: EnsembleSpec, generate: Callable[[Any], list[str]],
                  score: Callable[[list[int], list[str]], list[float]]) -> dict[str, Any]:
-    """Run the schedule on one batch; per sample the worst output, score, image, run and each run's score.
+    """Run the schedule on one batch; per sample the worst output, score, image, run, text and each run's score.
 
     `references[i]`: sample i's texts to attack, best first (reference captions, or answers by frequency);
     `generate(batch)`: the VLM's raw outputs; `score(rows, outputs)`: the task metric of those rows' outputs.
     """
-    schedule, threat, steps, options = spec.schedule, spec.threat, spec.steps, spec.options
     from vlm_eval.attacks import ATTACKS
     from vlm_eval.vlms.base import Batch
 
+    schedule, threat, steps, options = spec.schedule, spec.threat, spec.steps, spec.options
     n = len(clean)
     worst = {"output": list(clean), "score": list(clean_scores), "pixels": batch.pixels.clone(),
              "by": ["clean"] * n, "text": [refs[0] for refs in references], "runs": [[] for _ in range(n)]}
@@ -138,8 +138,10 @@ def run_schedule(vlm: Any, batch: Any, references: list[list[str]], clean: list[
         for k, (i, output, value) in enumerate(zip(rows, outputs, score(rows, outputs))):
             worst["runs"][i][-1] = value
             if value < worst["score"][i]:
-                worst["output"][i], worst["score"][i], worst["by"][i], worst["text"][i] = output, value, run.label, texts[i]
+                worst["output"][i], worst["score"][i], worst["by"][i] = output, value, run.label
                 worst["pixels"][i] = result.x_adv[k].to(worst["pixels"].device)
+                if run.text != "target":  # "best text" is the reference that worked best, never a target string
+                    worst["text"][i] = texts[i]
     return worst
 
 
