@@ -131,6 +131,8 @@ def test_default_schedules_are_the_papers_protocol():
     vqa = Schedule.load(card_dir("schedules") / "vqa.yaml")
     assert [r.target for r in vqa.runs if r.text == "target"] == ["maybe", "Word"] and len(vqa.runs) == 8
     assert vqa.runs[-1].precision == "fp32" and vqa.runs[-1].start == "best"
+    cpu = Schedule.load(card_dir("schedules") / "captioning-bf16.yaml")  # the same, with bf16 for CPUs
+    assert [r.label.replace("bf16", "fp16") for r in cpu.runs] == [r.label for r in captioning.runs]
 
 
 SHORT_SCHEDULE = """
