@@ -39,7 +39,7 @@ class Resolved:
     device: str
     precision: str
     run_dir: Path
-    attack: Any | None = None  # an AttackSpec, or None for a clean run
+    attack: Any | None = None  # AttackSpec, EnsembleSpec or SavedAdversarial; None for a clean run
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
