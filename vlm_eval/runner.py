@@ -467,9 +467,7 @@ def score_records(task: Any, records: list[dict]) -> dict[str, float]:
 
 def score_targeted(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
     """Success rates of a targeted attack (x100) and the task metric of the attacked outputs."""
-    metrics, attacked = task.score(refs, {r["id"]: r["adversarial"]["output"] for r in records})
-    for record in records:
-        record["adversarial"]["score"] = attacked[record["id"]]
+    metrics = score_attacked(task, records, refs)
 
     def share(key: str) -> float:
         return 100.0 * sum(r["adversarial"][key] for r in records) / len(records)
@@ -478,17 +476,24 @@ def score_targeted(task: Any, records: list[dict], refs: dict[str, list[str]]) -
             **{f"{name}_attacked": value for name, value in metrics.items()}}
 
 
+def score_attacked(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
+    """Score the attacked outputs as a set; each record's `adversarial.score`, and the corpus metrics."""
+    metrics, per_item = task.score(refs, {r["id"]: r["adversarial"]["output"] for r in records})
+    for record in records:
+        record["adversarial"]["score"] = per_item[record["id"]]
+    return metrics
+
+
 def score_robust(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
     """The robust score: per sample the worst of the clean and the attacked output, scored as a set.
 
     Per-sample CIDEr depends on the references only (its idf comes from them), so the worst output's
     score does not change when the set is scored again, and robust <= clean holds exactly.
     """
-    _, attacked = task.score(refs, {r["id"]: r["adversarial"]["output"] for r in records})
+    score_attacked(task, records, refs)
     worst = {}
     for record in records:
-        record["adversarial"]["score"] = attacked[record["id"]]
-        clean_is_worse = record["score"] <= attacked[record["id"]]
+        clean_is_worse = record["score"] <= record["adversarial"]["score"]
         worst[record["id"]] = record["output"] if clean_is_worse else record["adversarial"]["output"]
     metrics, per_item = task.score(refs, worst)
     for record in records:

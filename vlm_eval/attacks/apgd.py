@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from vlm_eval.attacks import threat as tm
-from vlm_eval.attacks.base import AttackResult, Best, DoneFn, LossFn, evaluate, still_running
+from vlm_eval.attacks.base import AttackResult, Best, DoneFn, LossFn, drop_done, evaluate
 
 
 def checkpoint_intervals(steps: int) -> tuple[int, int, int]:
@@ -46,8 +46,7 @@ def apgd(loss_fn: LossFn, x: torch.Tensor, threat: tm.ThreatModel, steps: int, *
     interval, shrink, smallest = checkpoint_intervals(steps)
     since_checkpoint = 0
     ran = torch.zeros(n, dtype=torch.long, device=x.device)
-    keep = still_running(done, active, objective, sign)
-    active, grad = active[keep], grad[keep]
+    active, grad = drop_done(done, active, grad, objective, sign)
     for step in range(1, steps + 1):
         if len(active) == 0:
             break
@@ -68,8 +67,7 @@ def apgd(loss_fn: LossFn, x: torch.Tensor, threat: tm.ThreatModel, steps: int, *
             grad = _checkpoint(active, grad, interval * rise_share, step_size, rises, best, best_grad, x_adv,
                                best_at_checkpoint, halved_at_checkpoint)
             interval, since_checkpoint = max(interval - shrink, smallest), 0
-        keep = still_running(done, active, objective, sign)
-        active, grad = active[keep], grad[keep]
+        active, grad = drop_done(done, active, grad, objective, sign)
     return AttackResult(best.x, sign * best.objective, ran)
 
 

@@ -55,8 +55,10 @@ class Best:
         return better
 
 
-def still_running(done: DoneFn | None, rows: torch.Tensor, objective: torch.Tensor, sign: float) -> torch.Tensor:
-    """Mask over `rows` of the samples that go on."""
+def drop_done(done: DoneFn | None, rows: torch.Tensor, grad: torch.Tensor, objective: torch.Tensor,
+              sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, gradients) of the samples that go on: those `done` does not mark."""
     if done is None:
-        return torch.ones_like(rows, dtype=torch.bool)
-    return ~done(rows, sign * objective).to(torch.bool)
+        return rows, grad
+    keep = ~done(rows, sign * objective).to(torch.bool)
+    return rows[keep], grad[keep]

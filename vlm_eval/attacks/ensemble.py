@@ -113,7 +113,7 @@ def run_schedule(vlm: Any, batch: Any, references: list[list[str]], clean: list[
     `references[i]`: sample i's texts to attack, best first (reference captions, or answers by frequency);
     `generate(batch)`: the VLM's raw outputs; `score(rows, outputs)`: the task metric of those rows' outputs.
     """
-    from vlm_eval.attacks import ATTACKS
+    from vlm_eval.attacks.vlm import attack_vlm
     from vlm_eval.vlms.base import Batch
 
     schedule, threat, steps, options = spec.schedule, spec.threat, spec.steps, spec.options
@@ -131,9 +131,8 @@ def run_schedule(vlm: Any, batch: Any, references: list[list[str]], clean: list[
         sub = Batch([batch.ids[i] for i in rows], batch.pixels[rows].to(device), [batch.prompts[i] for i in rows])
         start = worst["pixels"][rows].to(device) if run.start == "best" else None
         with precision(device, run.precision):
-            loss_fn = vlm.loss_closure(sub, [texts[i] for i in rows])
-            result = ATTACKS.get(run.attack)(loss_fn, sub.pixels, threat, steps, maximize=run.text != "target",
-                                             x_init=start, **options.get(run.attack, {}))
+            result = attack_vlm(vlm, sub, [texts[i] for i in rows], run.attack, threat, steps,
+                                maximize=run.text != "target", x_init=start, **options.get(run.attack, {}))
             outputs = generate(Batch(sub.ids, result.x_adv, sub.prompts))
         for k, (i, output, value) in enumerate(zip(rows, outputs, score(rows, outputs))):
             worst["runs"][i][-1] = value

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from vlm_eval.attacks import threat as tm
-from vlm_eval.attacks.base import AttackResult, Best, DoneFn, LossFn, evaluate, still_running
+from vlm_eval.attacks.base import AttackResult, Best, DoneFn, LossFn, drop_done, evaluate
 
 
 def pgd(loss_fn: LossFn, x: torch.Tensor, threat: tm.ThreatModel, steps: int, *, step_size: float | None = None,
@@ -32,8 +32,7 @@ def pgd(loss_fn: LossFn, x: torch.Tensor, threat: tm.ThreatModel, steps: int, *,
     best = Best(x_adv, objective)
     velocity = torch.zeros_like(x)
     ran = torch.zeros(len(x), dtype=torch.long, device=x.device)
-    keep = still_running(done, active, objective, sign)
-    active, grad = active[keep], grad[keep]
+    active, grad = drop_done(done, active, grad, objective, sign)
     for step in range(1, steps + 1):
         if len(active) == 0:
             break
@@ -46,6 +45,5 @@ def pgd(loss_fn: LossFn, x: torch.Tensor, threat: tm.ThreatModel, steps: int, *,
         objective, grad = evaluate(loss_fn, moved, active, sign, step)
         ran[active] += 1
         best.update(active, moved, objective)
-        keep = still_running(done, active, objective, sign)
-        active, grad = active[keep], grad[keep]
+        active, grad = drop_done(done, active, grad, objective, sign)
     return AttackResult(best.x, sign * best.objective, ran)

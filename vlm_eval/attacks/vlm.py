@@ -66,14 +66,19 @@ class AttackSpec:
 
 def attack_batch(vlm: Any, batch: Any, references: list[str], spec: AttackSpec) -> tuple[AttackResult, list[str]]:
     """(result, the text each sample was attacked with): away from its reference, or towards the target."""
+    texts = [spec.target] * len(references) if spec.targeted else references
+    result = attack_vlm(vlm, batch, texts, spec.algorithm_of(spec.name), spec.threat, spec.steps,
+                        maximize=not spec.targeted, **spec.options)
+    return result, texts
+
+
+def attack_vlm(vlm: Any, batch: Any, texts: list[str], algorithm: str, threat: ThreatModel, steps: int,
+               maximize: bool, **options: Any) -> AttackResult:
+    """Run a registered attack on the batch's images over the VLM's loss of `texts` (one per sample)."""
     from vlm_eval.attacks import ATTACKS
 
-    texts = [spec.target] * len(references) if spec.targeted else references
     loss_fn = vlm.loss_closure(batch, texts)
-    attack = ATTACKS.get(spec.algorithm_of(spec.name))
-    result = attack(loss_fn, batch.pixels.to(vlm.device), spec.threat, spec.steps, maximize=not spec.targeted,
-                    **spec.options)
-    return result, texts
+    return ATTACKS.get(algorithm)(loss_fn, batch.pixels.to(vlm.device), threat, steps, maximize=maximize, **options)
 
 
 def target_hit(output: str, target: str) -> tuple[bool, bool]:
