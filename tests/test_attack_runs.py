@@ -56,9 +56,9 @@ def test_bad_attack_settings_fail_before_any_work(args, message, sample, tmp_pat
     assert not out.exists()
 
 
-def test_targeted_attack_makes_the_model_say_the_target(sample, tmp_path):
+def test_targeted_attack_makes_the_model_say_the_target_and_stops_there(sample, tmp_path):
     summary, records = _run(tmp_path, sample, "--task", "mini-coco", "--attack", "targeted",
-                            "--target", "a purple cross", "--eps", "4/255", "--steps", "30")
+                            "--target", "a purple cross", "--eps", "4/255", "--steps", "30", "--check-every", "5")
     metrics = summary["metrics"]
     hits = [r for r in records if r["adversarial"]["target_in_output"]]
     assert hits and metrics["target_success_rate"] == pytest.approx(100 * len(hits) / len(records))
@@ -66,6 +66,63 @@ def test_targeted_attack_makes_the_model_say_the_target(sample, tmp_path):
     assert metrics["target_exact_match_rate"] <= metrics["target_success_rate"]
     assert metrics["cider_attacked"] < metrics["cider"] - 50  # the captions no longer describe the image
     assert summary["config"]["resolved"]["attack"]["target"] == "a purple cross"
+    # A sample stops at the first check (every 5 steps) where its best image makes the model say the target.
+    stopped = [r for r in records if r["adversarial"]["steps"] < 30]
+    assert stopped and all(r in hits and r["adversarial"]["steps"] % 5 == 0 for r in stopped)
+    steps = sorted(r["adversarial"]["steps"] for r in hits)
+    assert metrics["target_steps_median"] == pytest.approx((steps[(len(steps) - 1) // 2] + steps[len(steps) // 2]) / 2)
+
+
+def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sample, tmp_path, monkeypatch, capsys):
+    from vlm_eval.attacks import checkpoint
+
+    args = [*MINI, "--data-root", str(sample), "--task", "mini-coco", "--batch-size", "4", "--attack", "targeted",
+            "--target", "a purple cross", "--steps", "12", "--check-every", "0"]
+    whole = tmp_path / "whole"
+    assert main([*args, "--output-dir", str(whole)]) == 0
+
+    monkeypatch.setattr(checkpoint, "SAVE_EVERY_S", 0.0)  # save after every step
+    first_step, seen = checkpoint.AttackCheckpoint.after_step, []
+
+    def killed_in_the_second_batch(self, step, active, state):
+        first_step(self, step, active, state)
+        seen.append((self.ids[0], step))
+        if len({ids for ids, _ in seen}) == 2 and step == 7:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.AttackCheckpoint, "after_step", killed_in_the_second_batch)
+    run = tmp_path / "run"
+    assert main([*args, "--output-dir", str(run)]) == 130
+    assert len((run / "samples.jsonl").read_text().splitlines()) == 4 and (run / checkpoint.STATE_FILE).exists()
+    assert main([*args, "--output-dir", str(run)]) == 2  # a new run does not overwrite it...
+    assert f"python -m vlm_eval resume {run}" in capsys.readouterr().err  # ...and says how to finish it
+
+    resumed_steps = []
+
+    def recorded(self, step, active, state):
+        resumed_steps.append(step)
+        first_step(self, step, active, state)
+
+    monkeypatch.setattr(checkpoint.AttackCheckpoint, "after_step", recorded)
+    assert main(["resume", str(run)]) == 0
+    assert resumed_steps[:6] == list(range(8, 13)) + [1]  # the second batch went on from step 8, then the third began
+    assert "resuming" in capsys.readouterr().err and not (run / checkpoint.STATE_FILE).exists()
+    expected = [json.loads(line) for line in (whole / "samples.jsonl").read_text().splitlines()]
+    got = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in got] == [r["id"] for r in expected]
+    for mine, theirs in zip(got, expected):
+        assert mine["adversarial"]["raw_output"] == theirs["adversarial"]["raw_output"]
+        assert mine["adversarial"]["loss"] == pytest.approx(theirs["adversarial"]["loss"], rel=1e-6)
+    metrics = [json.loads((folder / "summary.json").read_text())["metrics"] for folder in (run, whole)]
+    assert metrics[0] == metrics[1]
+
+
+def test_resume_refuses_finished_runs_and_other_folders(sample, tmp_path, capsys):
+    summary, _ = _run(tmp_path, sample, "--task", "mini-coco", "--n-samples", "2")
+    assert main(["resume", str(tmp_path / "run")]) == 2
+    assert "holds a finished run (summary.json): nothing to resume" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "is not a run folder (no config.json)" in capsys.readouterr().err
 
 
 def test_target_presets_and_their_errors():

@@ -138,10 +138,56 @@ def test_done_samples_leave_the_batch(name, classifier):
         seen.append(rows.tolist())
         return F.cross_entropy(classifier(z), y[rows], reduction="none")
 
-    result = ATTACKS.get(name)(loss_fn, x, THREATS[0], 6, done=lambda rows, loss: rows % 2 == 0)
-    assert seen[0] == list(range(8)) and all(r == [1, 3, 5, 7] for r in seen[1:])
-    assert result.steps.tolist() == [0, 6] * 4
+    calls = []
+
+    def done(step, rows, x_best, loss_best):
+        calls.append((step, rows.tolist()))
+        assert torch.allclose(loss_best, F.cross_entropy(classifier(x_best), y[rows], reduction="none"), atol=1e-5)
+        return (rows % 2 == 0) | ((rows == 3) & (step == 2))
+
+    result = ATTACKS.get(name)(loss_fn, x, THREATS[0], 6, done=done)
+    assert seen[0] == list(range(8)) and seen[1:3] == [[1, 3, 5, 7]] * 2 and all(r == [1, 5, 7] for r in seen[3:])
+    assert [step for step, _ in calls] == list(range(7))
+    assert result.steps.tolist() == [0, 6, 0, 2, 0, 6, 0, 6]
     assert torch.equal(result.x_adv[0::2], x[0::2])  # a sample that left at once keeps its start
+
+
+class Interrupted(Exception):
+    pass
+
+
+class MemoryHook:
+    """Keeps the state after every step and stops the attack after `stop_after` steps, as a kill would."""
+
+    def __init__(self, saved=None, stop_after=None):
+        self.saved, self.stop_after, self.steps = saved, stop_after, []
+
+    def resume(self):
+        return self.saved
+
+    def after_step(self, step, active, state):
+        self.steps.append((step, active))
+        self.saved = {k: v.clone() for k, v in state().items()}
+        if step == self.stop_after:
+            raise Interrupted
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_an_interrupted_attack_resumes_where_it_stopped_and_ends_as_if_never_stopped(name, classifier):
+    x, y = _data(6, 8)
+    loss_fn = lambda z, rows: F.cross_entropy(classifier(z), y[rows], reduction="none")  # noqa: E731
+    done = lambda step, rows, x_best, loss: (rows == 2) & (step >= 4)  # noqa: E731
+    attack = ATTACKS.get(name)
+    whole = attack(loss_fn, x, THREATS[0], 20, done=done, random_start=True, seeds=range(6))
+    hook = MemoryHook(stop_after=7)
+    with pytest.raises(Interrupted):
+        attack(loss_fn, x, THREATS[0], 20, done=done, hook=hook, random_start=True, seeds=range(6))
+    resumed_hook = MemoryHook(saved=hook.saved)
+    resumed = attack(loss_fn, x, THREATS[0], 20, done=done, hook=resumed_hook, random_start=True, seeds=range(6))
+    assert [s for s, _ in resumed_hook.steps] == list(range(8, 21))  # no step is taken twice
+    assert resumed_hook.steps[-1][1] == 5  # sample 2 left at step 4, before the interruption
+    assert torch.equal(resumed.x_adv, whole.x_adv) and torch.equal(resumed.loss, whole.loss)
+    assert torch.equal(resumed.steps, whole.steps)
 
 
 def test_a_nan_loss_names_the_rows():

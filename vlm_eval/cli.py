@@ -5,6 +5,7 @@ Examples:
     python -m vlm_eval --vlm tiny-random-llava --encoder tiny-random --task demo
     python -m vlm_eval --encoder mini-clip --task mini-zeroshot      (zero-shot classification, no VLM)
     python -m vlm_eval list
+    python -m vlm_eval resume RUN_DIR                                 (finish an interrupted run)
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["list"]:
             return list_command(argv[1:])
+        if argv[:1] == ["resume"]:
+            return resume_command(argv[1:])
         return eval_command(argv)
     except VlmEvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -80,6 +83,9 @@ def eval_parser() -> argparse.ArgumentParser:
                         "(the papers' schedule, see --schedule) (default %(default)s)")
     attack.add_argument("--target", help="targeted attacks: the string the VLM should say, or a preset: url, "
                         "password, stupid, stocks, vaccines, email")
+    attack.add_argument("--check-every", type=int, default=defaults.check_every, metavar="N",
+                        help="targeted: every N steps the VLM answers each sample's best image so far, and "
+                        "samples that say the target stop there (0: every sample runs all --steps) (default %(default)s)")
     attack.add_argument("--eps", default=defaults.eps, help="radius in [0, 1] pixels, e.g. 4/255 (default %(default)s)")
     attack.add_argument("--norm", choices=("linf", "l2"), default=defaults.norm, help="default %(default)s")
     attack.add_argument("--steps", type=int, default=defaults.steps, help="iterations per sample (default %(default)s)")
@@ -103,7 +109,7 @@ def eval_command(argv: list[str]) -> int:
         weights_dir=args.weights_dir, allow_download=args.allow_download, strict=args.strict,
         vqa_normalize=args.vqa_normalize, postprocess=args.postprocess, encoder_arch=args.encoder_arch,
         attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps, target=args.target,
-        schedule=args.schedule, from_adversarial=args.from_adversarial, quantize_8bit=args.quantize_8bit,
+        check_every=args.check_every, schedule=args.schedule, from_adversarial=args.from_adversarial, quantize_8bit=args.quantize_8bit,
     )
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
@@ -144,6 +150,22 @@ def _metric(value: float | int | None) -> str:
     if value is None:
         return "n/a"
     return str(value) if isinstance(value, int) else f"{value:.2f}"
+
+
+def resume_command(argv: list[str]) -> int:
+    """Finish an interrupted run in its folder, with the settings it started with."""
+    p = argparse.ArgumentParser(prog="python -m vlm_eval resume",
+                                description="Finish an interrupted run: the samples it wrote are kept, the rest "
+                                "evaluated; an attack it was in the middle of continues from its last saved state.")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    _setup_logging(args.verbose)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vlm_eval.runner import resume
+
+    print(summary_table(resume(args.run_dir)))
+    return 0
 
 
 def list_command(argv: list[str]) -> int:

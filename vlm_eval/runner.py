@@ -12,7 +12,10 @@ crash during generation or scoring loses no finished work.
 
 from __future__ import annotations
 
+import json
 import logging
+import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,38 +50,86 @@ class Resolved:
         return self.task_card.type == ZEROSHOT
 
 
-def run(config: EvalConfig) -> Path:
-    """Evaluate, write the run folder and return its path."""
+def run(config: EvalConfig, resume: bool = False) -> Path:
+    """Evaluate, write the run folder and return its path.
+
+    `resume`: finish the interrupted run in `config.output_dir`: the samples it wrote are kept, the others
+    evaluated, and an attack it was in the middle of continues from its saved state.
+    """
     from vlm_eval.attacks.saved import SavedAdversarial
     from vlm_eval.data import select_subset
     from vlm_eval.tasks.data import read_task_samples
 
     resolved = resolve(config)
-    files = preflight(config, resolved)
+    files = preflight(config, resolved, resume)
     samples = select_subset(read_task_samples(resolved.task_card, files), config.n_samples, config.seed)
     if resolved.zeroshot:
-        return run_zeroshot(config, resolved, files, samples)
+        return run_zeroshot(config, resolved, files, samples, resume)
     if isinstance(resolved.attack, SavedAdversarial):  # every saved image there before any work
         resolved.attack.check([s.id for s in samples])
     vlm = load_vlm(config, resolved)
 
-    run_dir = start_run_dir(config, resolved, samples)
-    records, skipped = generate_all(vlm, resolved.task, samples, config, run_dir, resolved.attack)
-    metrics = score_records(resolved.task, records)
-    write_outcome(run_dir, config, resolved, records, skipped, metrics)
+    run_dir, finished = open_run_dir(config, resolved, samples, resume)
+    records, skipped = generate_all(vlm, resolved.task, pending(samples, finished), config, run_dir, resolved.attack)
+    metrics = score_records(resolved.task, finished + records)
+    write_outcome(run_dir, config, resolved, finished + records, skipped, metrics)
     return run_dir
 
 
-def run_zeroshot(config: EvalConfig, resolved: Resolved, files: dict[str, Path], samples: list[Any]) -> Path:
+def run_zeroshot(config: EvalConfig, resolved: Resolved, files: dict[str, Path], samples: list[Any],
+                 resume: bool) -> Path:
     """The zero-shot path of `run`: the encoder's CLIP classifies each image among the task's classes."""
     classes = resolved.task.classes(files)
     classifier = load_classifier(config, resolved, classes)
 
-    run_dir = start_run_dir(config, resolved, samples)
-    records, skipped = classify_all(classifier, resolved, samples, classes, config, run_dir)
-    metrics = resolved.task.metrics(records, len(classes))
-    write_outcome(run_dir, config, resolved, records, skipped, metrics)
+    run_dir, finished = open_run_dir(config, resolved, samples, resume)
+    records, skipped = classify_all(classifier, resolved, pending(samples, finished), classes, config, run_dir)
+    metrics = resolved.task.metrics(finished + records, len(classes))
+    write_outcome(run_dir, config, resolved, finished + records, skipped, metrics)
     return run_dir
+
+
+def resume(run_dir: Path) -> Path:
+    """Finish an interrupted run with the settings in its config.json."""
+    from dataclasses import fields
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise VlmEvalError(f"{run_dir} is not a run folder (no config.json); give the folder of the run to resume")
+    saved = json.loads(path.read_text())
+    given = {f.name: saved[f.name] for f in fields(EvalConfig) if f.name in saved}
+    return run(EvalConfig(**{**given, "output_dir": str(run_dir)}), resume=True)
+
+
+def open_run_dir(config: EvalConfig, resolved: Resolved, samples: list[Any], resume: bool) -> tuple[Path, list[dict]]:
+    """(run folder, the records it holds already): a new folder, or the interrupted run's."""
+    if not resume:
+        return start_run_dir(config, resolved, samples), []
+    return resolved.run_dir, finished_records(resolved.run_dir, samples)
+
+
+def finished_records(run_dir: Path, samples: list[Any]) -> list[dict]:
+    """The records an interrupted run wrote; a last line cut off by the interruption is dropped."""
+    if (run_dir / "subset_ids.txt").read_text().split() != [str(s.id) for s in samples]:
+        raise VlmEvalError(f"{run_dir}: the task's samples are not those the run started with (subset_ids.txt): "
+                           "its data changed; start a new run")
+    path, records = run_dir / "samples.jsonl", []
+    lines = path.read_text().splitlines() if path.exists() else []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise VlmEvalError(f"{path}, line {number}: not JSON; the run folder is damaged") from None
+            log.warning("dropping the last line of %s: the interruption cut it off", path)
+    results.write_jsonl(path, records)  # so that new lines do not follow a cut one
+    print(f"resuming {run_dir}: {len(records)} of {len(samples)} samples done", file=sys.stderr)
+    return records
+
+
+def pending(samples: list[Any], finished: list[dict]) -> list[Any]:
+    done = {record["id"] for record in finished}
+    return [s for s in samples if s.id not in done]
 
 
 def start_run_dir(config: EvalConfig, resolved: Resolved, samples: list[Any]) -> Path:
@@ -139,7 +190,7 @@ def resolve_attack(config: EvalConfig, zeroshot: bool, task_type: str) -> Any | 
     from vlm_eval.attacks.vlm import AttackSpec
 
     try:
-        return AttackSpec.parse(config.attack, config.eps, config.norm, config.steps, config.target)
+        return AttackSpec.parse(config.attack, config.eps, config.norm, config.steps, config.target, config.check_every)
     except ValueError as exc:
         raise VlmEvalError(str(exc)) from exc
 
@@ -194,14 +245,14 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def preflight(config: EvalConfig, resolved: Resolved) -> dict[str, Path]:
+def preflight(config: EvalConfig, resolved: Resolved, resume: bool = False) -> dict[str, Path]:
     """The task's data files; raises one error listing every missing resource (data, Java, weights)."""
     from vlm_eval.encoders.openclip_family import resolve_checkpoint
     from vlm_eval.encoders.text import tokenizer_file
     from vlm_eval.listing import vlm_status
     from vlm_eval.tasks.data import check_task_data, prepare_generated_data
 
-    check_run_dir_is_free(resolved.run_dir)
+    check_run_dir_is_resumable(resolved.run_dir) if resume else check_run_dir_is_free(resolved.run_dir)
     problems: list[str] = []
 
     def attempt(check: Any) -> Any:
@@ -234,7 +285,15 @@ def check_run_dir_is_free(run_dir: Path) -> None:
     """Never overwrite outputs: neither a finished run nor the samples of an interrupted one."""
     for name, state in (("summary.json", "a finished run"), ("samples.jsonl", "the outputs of an interrupted run")):
         if (run_dir / name).exists():
-            raise VlmEvalError(f"{run_dir} already holds {state} ({name}); choose another --output-dir")
+            hint = "" if name == "summary.json" else f" (to finish it: python -m vlm_eval resume {run_dir})"
+            raise VlmEvalError(f"{run_dir} already holds {state} ({name}); choose another --output-dir{hint}")
+
+
+def check_run_dir_is_resumable(run_dir: Path) -> None:
+    if (run_dir / "summary.json").exists():
+        raise VlmEvalError(f"{run_dir} holds a finished run (summary.json): nothing to resume")
+    if not (run_dir / "subset_ids.txt").is_file():
+        raise VlmEvalError(f"{run_dir} has no subset_ids.txt: the run stopped before it started; start it again")
 
 
 def load_vlm(config: EvalConfig, resolved: Resolved) -> Any:
@@ -361,21 +420,23 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
 def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], attack: Any,
                          run_dir: Path) -> None:
     """Attack the batch (away from each sample's reference, or towards the target) and record what the VLM says then."""
+    from vlm_eval.attacks.checkpoint import AttackCheckpoint
     from vlm_eval.attacks.saved import SavedAdversarial, save_adversarial
     from vlm_eval.attacks.vlm import attack_batch, target_hit
     from vlm_eval.vlms.base import Batch
 
     references = [task.attack_texts(s)[0] for s in kept]
     if isinstance(attack, SavedAdversarial):
-        x_adv, texts, losses = attack.load(batch.ids), references, [None] * len(kept)
+        x_adv, texts, losses, steps = attack.load(batch.ids), references, [None] * len(kept), [None] * len(kept)
     else:
-        result, texts = attack_batch(vlm, batch, references, attack)
-        x_adv, losses = result.x_adv, result.loss.tolist()
+        with AttackCheckpoint(run_dir, batch.ids, attack.steps, f"attacking {len(kept)} samples") as hook:
+            result, texts = attack_batch(vlm, batch, references, attack, task.card.max_new_tokens, hook)
+        x_adv, losses, steps = result.x_adv, result.loss.tolist(), result.steps.tolist()
         save_adversarial(run_dir, batch.ids, x_adv)
     outputs = vlm.generate(Batch(batch.ids, x_adv, batch.prompts), task.card.max_new_tokens)
-    for record, text, raw, loss in zip(records, texts, outputs, losses):
+    for record, text, raw, loss, ran in zip(records, texts, outputs, losses, steps):
         record["adversarial"] = {"output": task.postprocess(raw), "raw_output": raw, "target": text,
-                                 "loss": loss, "attack": attack.name}
+                                 "loss": loss, "steps": ran, "attack": attack.name}
         if attack.targeted:  # success is judged on the raw output: post-processing may cut the target
             record["adversarial"]["target_in_output"], record["adversarial"]["exact_match"] = target_hit(raw, text)
 
@@ -383,6 +444,7 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
 def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], spec: Any,
                          run_dir: Path, all_refs: dict[str, list[str]]) -> None:
     """Run the ensemble schedule on the batch; each record gets its worst output and the run that made it."""
+    from vlm_eval.attacks.checkpoint import AttackProgress
     from vlm_eval.attacks.ensemble import run_schedule
     from vlm_eval.attacks.saved import save_adversarial
 
@@ -397,7 +459,7 @@ def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
 
     clean = [r["raw_output"] for r in records]
     worst = run_schedule(vlm, batch, [task.attack_texts(s) for s in kept], clean, score(list(range(len(kept))), clean),
-                         spec, generate, score)
+                         spec, generate, score, lambda label: AttackProgress(spec.steps, label))
     save_adversarial(run_dir, batch.ids, worst["pixels"])
     for i, record in enumerate(records):
         record["adversarial"] = {"output": task.postprocess(worst["output"][i]), "raw_output": worst["output"][i],
@@ -472,7 +534,10 @@ def score_targeted(task: Any, records: list[dict], refs: dict[str, list[str]]) -
     def share(key: str) -> float:
         return 100.0 * sum(r["adversarial"][key] for r in records) / len(records)
 
+    # With --check-every, a successful sample stopped at the first check that saw the target in its output.
+    steps = [r["adversarial"]["steps"] for r in records if r["adversarial"]["target_in_output"]]
     return {"target_success_rate": share("target_in_output"), "target_exact_match_rate": share("exact_match"),
+            "target_steps_median": float(statistics.median(steps)) if steps else float("nan"),
             **{f"{name}_attacked": value for name, value in metrics.items()}}
 
 
@@ -537,10 +602,13 @@ def full_config(config: EvalConfig, resolved: Resolved) -> dict[str, Any]:
 
 def write_outcome(run_dir: Path, config: EvalConfig, resolved: Resolved, records: list[dict],
                   skipped: list[dict], metrics: dict[str, float]) -> None:
+    from vlm_eval.attacks.checkpoint import clear_checkpoint
+
     results.write_jsonl(run_dir / "samples.jsonl", records)  # now with scores
     results.write_jsonl(run_dir / "skipped.jsonl", skipped)
     summary = results.summary(full_config(config, resolved), resolved.provenance, len(records), len(skipped), metrics)
     results.write_json(run_dir / "summary.json", summary)
+    clear_checkpoint(run_dir)
 
 
 def _path(value: str | None) -> Path | None:

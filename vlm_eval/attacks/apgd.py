@@ -10,12 +10,14 @@ ends where it would alone. AutoAttack starts with a step of 2 eps; RobustVLM's V
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from vlm_eval.attacks import threat as tm
 from vlm_eval.attacks.base import AttackResult, Best, DoneFn, LossFn, drop_done, evaluate
+from vlm_eval.attacks.state import AttackHook, from_tensors, to_tensors
 
 
 def checkpoint_intervals(steps: int) -> tuple[int, int, int]:
@@ -23,66 +25,95 @@ def checkpoint_intervals(steps: int) -> tuple[int, int, int]:
     return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
 
 
+@dataclass
+class ApgdState:
+    """Everything the loop carries from one step to the next (all per sample, but `grad`: per running sample)."""
+
+    x_adv: torch.Tensor
+    x_prev: torch.Tensor
+    last: torch.Tensor  # the objective at the current iterate
+    best: Best
+    best_grad: torch.Tensor
+    grad: torch.Tensor
+    active: torch.Tensor  # the rows still running
+    step_size: torch.Tensor
+    rises: torch.Tensor  # steps since the last checkpoint where the objective rose
+    best_at_checkpoint: torch.Tensor
+    halved_at_checkpoint: torch.Tensor
+    ran: torch.Tensor
+    step: int  # the last step taken
+    interval: int  # steps between the last checkpoint and the next
+    since_checkpoint: int
+
+
 def apgd(loss_fn: LossFn, x: torch.Tensor, threat: tm.ThreatModel, steps: int, *, initial_step: float = 2.0,
          maximize: bool = True, random_start: bool = False, seeds: Sequence[int] | None = None,
-         x_init: torch.Tensor | None = None, done: DoneFn | None = None, momentum: float = 0.75,
-         rise_share: float = 0.75) -> AttackResult:
+         x_init: torch.Tensor | None = None, done: DoneFn | None = None, hook: AttackHook | None = None,
+         momentum: float = 0.75, rise_share: float = 0.75) -> AttackResult:
     """Maximise (or minimise) `loss_fn` per sample in the threat model's ball around `x`.
 
     `initial_step` is in units of eps; `x_init` starts elsewhere than at `x` (the best point of an earlier
-    attack, say). Returns each sample's best iterate.
+    attack, say); `hook` sees every step and may resume a saved state. Returns each sample's best iterate.
     """
     sign = 1.0 if maximize else -1.0
     x = x.detach()
-    n = len(x)
-    x_adv = tm.starting_point(x, threat, random_start, seeds, x_init)
-    active = torch.arange(n, device=x.device)
-    objective, grad = evaluate(loss_fn, x_adv, active, sign, 0)
-    best, best_grad = Best(x_adv, objective), grad.clone()
-    x_prev, last = x_adv.clone(), objective.clone()
-    step_size = torch.full((n,), initial_step * threat.eps, device=x.device)
-    rises = torch.zeros(n, device=x.device)
-    best_at_checkpoint, halved_at_checkpoint = objective.clone(), torch.ones(n, dtype=torch.bool, device=x.device)
-    interval, shrink, smallest = checkpoint_intervals(steps)
-    since_checkpoint = 0
-    ran = torch.zeros(n, dtype=torch.long, device=x.device)
-    active, grad = drop_done(done, active, grad, objective, sign)
-    for step in range(1, steps + 1):
-        if len(active) == 0:
+    saved = hook.resume() if hook else None
+    if saved is not None:
+        s = from_tensors(ApgdState, saved, x.device)
+    else:
+        s = _start(loss_fn, tm.starting_point(x, threat, random_start, seeds, x_init), sign, initial_step * threat.eps,
+                   checkpoint_intervals(steps)[0])
+        s.active, s.grad = drop_done(done, 0, s.active, s.grad, s.best, sign)
+    _, shrink, smallest = checkpoint_intervals(steps)
+    for step in range(s.step + 1, steps + 1):
+        if len(s.active) == 0:
             break
-        here, origin = x_adv[active], x[active]
-        size = step_size[active].view(-1, *[1] * (x.dim() - 1))
-        target = tm.project(here + size * tm.ascent_direction(grad, threat.norm), origin, threat)
+        active, here, origin = s.active, s.x_adv[s.active], x[s.active]
+        size = s.step_size[active].view(-1, *[1] * (x.dim() - 1))
+        target = tm.project(here + size * tm.ascent_direction(s.grad, threat.norm), origin, threat)
         a = 1.0 if step == 1 else momentum
-        moved = tm.project(here + a * (target - here) + (1 - a) * (here - x_prev[active]), origin, threat)
-        x_prev[active], x_adv[active] = here, moved
-        objective, grad = evaluate(loss_fn, moved, active, sign, step)
-        ran[active] += 1
-        rises[active] += (objective > last[active]).float()
-        last[active] = objective
-        improved = best.update(active, moved, objective)
-        best_grad[active[improved]] = grad[improved]
-        since_checkpoint += 1
-        if since_checkpoint == interval:
-            grad = _checkpoint(active, grad, interval * rise_share, step_size, rises, best, best_grad, x_adv,
-                               best_at_checkpoint, halved_at_checkpoint)
-            interval, since_checkpoint = max(interval - shrink, smallest), 0
-        active, grad = drop_done(done, active, grad, objective, sign)
-    return AttackResult(best.x, sign * best.objective, ran)
+        moved = tm.project(here + a * (target - here) + (1 - a) * (here - s.x_prev[active]), origin, threat)
+        s.x_prev[active], s.x_adv[active] = here, moved
+        objective, s.grad = evaluate(loss_fn, moved, active, sign, step)
+        s.ran[active] += 1
+        s.rises[active] += (objective > s.last[active]).float()
+        s.last[active] = objective
+        improved = s.best.update(active, moved, objective)
+        s.best_grad[active[improved]] = s.grad[improved]
+        s.since_checkpoint += 1
+        if s.since_checkpoint == s.interval:
+            _checkpoint(s, s.interval * rise_share)
+            s.interval, s.since_checkpoint = max(s.interval - shrink, smallest), 0
+        s.active, s.grad = drop_done(done, step, s.active, s.grad, s.best, sign)
+        s.step = step
+        if hook:
+            hook.after_step(step, len(s.active), lambda: to_tensors(s))
+    return AttackResult(s.best.x, sign * s.best.objective, s.ran)
 
 
-def _checkpoint(active, grad, min_rises, step_size, rises, best, best_grad, x_adv, best_at_checkpoint,
-                halved_at_checkpoint) -> torch.Tensor:
-    """Halve the step and restart from the best point where progress stalled; returns the new gradients."""
-    best_now = best.objective[active]
-    oscillating = rises[active] <= min_rises
-    stalled = ~halved_at_checkpoint[active] & (best_at_checkpoint[active] >= best_now)
+def _start(loss_fn: LossFn, x_adv: torch.Tensor, sign: float, step_size: float, interval: int) -> ApgdState:
+    n, device = len(x_adv), x_adv.device
+    active = torch.arange(n, device=device)
+    objective, grad = evaluate(loss_fn, x_adv, active, sign, 0)
+    return ApgdState(
+        x_adv=x_adv, x_prev=x_adv.clone(), last=objective.clone(), best=Best.start(x_adv, objective),
+        best_grad=grad.clone(), grad=grad, active=active, step_size=torch.full((n,), step_size, device=device),
+        rises=torch.zeros(n, device=device), best_at_checkpoint=objective.clone(),
+        halved_at_checkpoint=torch.ones(n, dtype=torch.bool, device=device),
+        ran=torch.zeros(n, dtype=torch.long, device=device), step=0, interval=interval, since_checkpoint=0)
+
+
+def _checkpoint(s: ApgdState, min_rises: float) -> None:
+    """Halve the step and restart from the best point where progress stalled (the gradient too)."""
+    active = s.active
+    best_now = s.best.objective[active]
+    oscillating = s.rises[active] <= min_rises
+    stalled = ~s.halved_at_checkpoint[active] & (s.best_at_checkpoint[active] >= best_now)
     halve = oscillating | stalled
-    halved_at_checkpoint[active], best_at_checkpoint[active] = halve, best_now
+    s.halved_at_checkpoint[active], s.best_at_checkpoint[active] = halve, best_now
     rows = active[halve]
-    step_size[rows] /= 2
-    x_adv[rows] = best.x[rows]
-    grad = grad.clone()
-    grad[halve] = best_grad[rows]
-    rises[active] = 0
-    return grad
+    s.step_size[rows] /= 2
+    s.x_adv[rows] = s.best.x[rows]
+    s.grad = s.grad.clone()
+    s.grad[halve] = s.best_grad[rows]
+    s.rises[active] = 0

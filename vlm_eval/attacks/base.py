@@ -16,8 +16,8 @@ from vlm_eval.errors import NonFiniteLossError
 
 # loss_fn(pixels (n, 3, H, W) in [0, 1], rows (n,) of the batch they belong to, or None for all) -> loss (n,)
 LossFn = Callable[..., torch.Tensor]
-# (rows, loss at their current iterate) -> which of them are done and may leave the batch
-DoneFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (step, rows, their best iterates so far, the loss there) -> which of them are done and may leave the batch
+DoneFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -41,11 +41,16 @@ def evaluate(loss_fn: LossFn, x: torch.Tensor, rows: torch.Tensor, sign: float, 
     return sign * loss.detach(), sign * grad.detach()
 
 
+@dataclass
 class Best:
     """Each sample's best iterate so far and its objective."""
 
-    def __init__(self, x: torch.Tensor, objective: torch.Tensor):
-        self.x, self.objective = x.clone(), objective.clone()
+    x: torch.Tensor
+    objective: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor, objective: torch.Tensor) -> Best:
+        return cls(x.clone(), objective.clone())
 
     def update(self, rows: torch.Tensor, x: torch.Tensor, objective: torch.Tensor) -> torch.Tensor:
         """Keep the iterates that beat their sample's best; returns which did."""
@@ -55,10 +60,10 @@ class Best:
         return better
 
 
-def drop_done(done: DoneFn | None, rows: torch.Tensor, grad: torch.Tensor, objective: torch.Tensor,
+def drop_done(done: DoneFn | None, step: int, rows: torch.Tensor, grad: torch.Tensor, best: Best,
               sign: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, gradients) of the samples that go on: those `done` does not mark."""
+    """(rows, gradients) of the samples that go on: those `done` does not mark, judged at their best iterate."""
     if done is None:
         return rows, grad
-    keep = ~done(rows, sign * objective).to(torch.bool)
+    keep = ~done(step, rows, best.x[rows], sign * best.objective[rows]).to(device=rows.device, dtype=torch.bool)
     return rows[keep], grad[keep]

@@ -107,11 +107,13 @@ class EnsembleSpec:
 
 def run_schedule(vlm: Any, batch: Any, references: list[list[str]], clean: list[str], clean_scores: list[float],
                  spec: EnsembleSpec, generate: Callable[[Any], list[str]],
-                 score: Callable[[list[int], list[str]], list[float]]) -> dict[str, Any]:
+                 score: Callable[[list[int], list[str]], list[float]],
+                 progress: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Run the schedule on one batch; per sample the worst output, score, image, run, text and each run's score.
 
     `references[i]`: sample i's texts to attack, best first (reference captions, or answers by frequency);
-    `generate(batch)`: the VLM's raw outputs; `score(rows, outputs)`: the task metric of those rows' outputs.
+    `generate(batch)`: the VLM's raw outputs; `score(rows, outputs)`: the task metric of those rows' outputs;
+    `progress(run label)`: a context manager giving the run's attack hook (a progress bar, say).
     """
     from vlm_eval.attacks.vlm import attack_vlm
     from vlm_eval.vlms.base import Batch
@@ -128,10 +130,11 @@ def run_schedule(vlm: Any, batch: Any, references: list[list[str]], clean: list[
             worst["runs"][i].append(None)
         if not rows:
             continue
-        sub = Batch([batch.ids[i] for i in rows], batch.pixels[rows].to(device), [batch.prompts[i] for i in rows])
+        sub = batch.select(rows, batch.pixels[rows].to(device))
         start = worst["pixels"][rows].to(device) if run.start == "best" else None
-        with precision(device, run.precision):
-            result = attack_vlm(vlm, sub, [texts[i] for i in rows], run.attack, threat, steps,
+        hook = progress(run.label) if progress else contextlib.nullcontext()
+        with precision(device, run.precision), hook as hook:
+            result = attack_vlm(vlm, sub, [texts[i] for i in rows], run.attack, threat, steps, hook=hook,
                                 maximize=run.text != "target", x_init=start, **options.get(run.attack, {}))
             outputs = generate(Batch(sub.ids, result.x_adv, sub.prompts))
         for k, (i, output, value) in enumerate(zip(rows, outputs, score(rows, outputs))):

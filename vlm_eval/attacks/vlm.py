@@ -7,9 +7,12 @@ Untargeted attacks maximise the cross-entropy of each sample's reference text; t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from vlm_eval.attacks.base import AttackResult
+import torch
+
+from vlm_eval.attacks.base import AttackResult, DoneFn
+from vlm_eval.attacks.state import AttackHook
 from vlm_eval.attacks.threat import ThreatModel
 
 # RobustVLM's VLM attack starts APGD with a step of 1 eps (AutoAttack: 2 eps) and no random start.
@@ -34,9 +37,11 @@ class AttackSpec:
     steps: int
     target: str | None = None  # the string a targeted attack wants the VLM to say
     options: dict[str, Any] = field(default_factory=dict)
+    check_every: int = 0  # targeted: every this many steps, samples whose best image makes the VLM say the target stop
 
     @classmethod
-    def parse(cls, name: str, eps: str, norm: str, steps: int, target: str | None = None) -> AttackSpec:
+    def parse(cls, name: str, eps: str, norm: str, steps: int, target: str | None = None,
+              check_every: int = 0) -> AttackSpec:
         from vlm_eval.attacks import ATTACKS
         from vlm_eval.errors import UnknownNameError
 
@@ -49,7 +54,10 @@ class AttackSpec:
             target = TARGET_PRESETS.get(target, target)
         elif target:
             raise ValueError(f"--target is for --attack targeted, not {name}")
-        return cls(name, ThreatModel.parse(eps, norm), steps, target, dict(PROTOCOL_OPTIONS.get(cls.algorithm_of(name), {})))
+        if check_every < 0:
+            raise ValueError(f"--check-every must be >= 0 (0: never), got {check_every}")
+        options = dict(PROTOCOL_OPTIONS.get(cls.algorithm_of(name), {}))
+        return cls(name, ThreatModel.parse(eps, norm), steps, target, options, check_every if name == TARGETED else 0)
 
     @staticmethod
     def algorithm_of(name: str) -> str:
@@ -60,16 +68,37 @@ class AttackSpec:
         return self.name == TARGETED
 
     def describe(self) -> dict[str, Any]:
-        extra = {"algorithm": "apgd", "target": self.target} if self.targeted else {}
+        extra = {"algorithm": "apgd", "target": self.target, "check_every": self.check_every} if self.targeted else {}
         return {"name": self.name, **extra, **self.threat.describe(), "steps": self.steps, **self.options}
 
 
-def attack_batch(vlm: Any, batch: Any, references: list[str], spec: AttackSpec) -> tuple[AttackResult, list[str]]:
-    """(result, the text each sample was attacked with): away from its reference, or towards the target."""
+def attack_batch(vlm: Any, batch: Any, references: list[str], spec: AttackSpec, max_new_tokens: int,
+                 hook: AttackHook | None = None) -> tuple[AttackResult, list[str]]:
+    """(result, the text each sample was attacked with): away from its reference, or towards the target.
+
+    A targeted attack with `check_every` lets each sample stop once the VLM says the target on its best
+    image; its `steps` then count the steps that took.
+    """
     texts = [spec.target] * len(references) if spec.targeted else references
+    done = None
+    if spec.targeted and spec.check_every:
+        done = stop_on_target(lambda rows, pixels: vlm.generate(batch.select(rows.tolist(), pixels), max_new_tokens),
+                              spec.target, spec.check_every)
     result = attack_vlm(vlm, batch, texts, spec.algorithm_of(spec.name), spec.threat, spec.steps,
-                        maximize=not spec.targeted, **spec.options)
+                        maximize=not spec.targeted, done=done, hook=hook, **spec.options)
     return result, texts
+
+
+def stop_on_target(generate: Callable[[torch.Tensor, torch.Tensor], list[str]], target: str, every: int) -> DoneFn:
+    """A `done` test: every `every` steps the VLM answers the running samples' best images (`generate(rows,
+    pixels)`), and those whose answer carries the target are done."""
+
+    def done(step: int, rows: torch.Tensor, x_best: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        if step == 0 or step % every or len(rows) == 0:
+            return torch.zeros(len(rows), dtype=torch.bool)
+        return torch.tensor([target_hit(output, target)[0] for output in generate(rows, x_best)])
+
+    return done
 
 
 def attack_vlm(vlm: Any, batch: Any, texts: list[str], algorithm: str, threat: ThreatModel, steps: int,

@@ -18,6 +18,10 @@ class Batch:
     pixels: torch.Tensor  # (B, 3, H, W), float, values in [0, 1], not normalised
     prompts: list[str]  # one formatted prompt per sample, each with exactly one "<image>"
 
+    def select(self, rows: list[int], pixels: torch.Tensor) -> Batch:
+        """Samples `rows` of this batch, with other images (attacked ones, say)."""
+        return Batch([self.ids[i] for i in rows], pixels, [self.prompts[i] for i in rows])
+
 
 class VLM(Protocol):
     image_size: int

@@ -1,0 +1,88 @@
+"""Progress of one batch's attack, and its state saved in the run folder so a killed run resumes mid-attack.
+
+A targeted attack of 10,000 steps takes hours per batch. Every few minutes the loop state goes to
+`RUN_DIR/attack_state.safetensors`, tagged with the batch's sample ids; `python -m vlm_eval resume
+RUN_DIR` reruns the run and the attack of that batch continues from the saved step. A state whose
+ids are not the batch's belongs to a batch that finished, and is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "attack_state.safetensors"
+SAVE_EVERY_S = 120.0  # seconds of attack between two saves
+
+
+class AttackProgress:
+    """A progress bar over the attack's steps (the samples still running beside it); saves nothing."""
+
+    def __init__(self, steps: int, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
+
+    def resume(self) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def after_step(self, step: int, active: int, state: Callable[[], dict[str, torch.Tensor]]) -> None:
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(running=active, refresh=False)
+
+    def __enter__(self) -> AttackProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+class AttackCheckpoint(AttackProgress):
+    """The progress bar, plus the state saved every `every_s` seconds and offered back on resume."""
+
+    def __init__(self, run_dir: Path, ids: list[str], steps: int, desc: str, every_s: float | None = None):
+        super().__init__(steps, desc)
+        self.path, self.ids = Path(run_dir) / STATE_FILE, list(ids)
+        self.every_s = SAVE_EVERY_S if every_s is None else every_s
+        self.last_save = time.monotonic()
+
+    def resume(self) -> dict[str, torch.Tensor] | None:
+        from safetensors import safe_open
+
+        if not self.path.exists():
+            return None
+        with safe_open(str(self.path), "pt") as f:
+            if json.loads(f.metadata().get("ids", "[]")) != self.ids:
+                return None  # left by a batch that finished
+            state = {key: f.get_tensor(key) for key in f.keys()}
+        log.warning("resuming the attack on %d samples at step %d (%s)", len(self.ids), int(state["step"]), self.path)
+        self.bar.update(int(state["step"]))
+        return state
+
+    def after_step(self, step: int, active: int, state: Callable[[], dict[str, torch.Tensor]]) -> None:
+        super().after_step(step, active, state)
+        if time.monotonic() - self.last_save >= self.every_s:
+            self.save(state())
+            self.last_save = time.monotonic()
+
+    def save(self, state: dict[str, torch.Tensor]) -> None:
+        """Write to a temporary file first, so a kill while writing leaves the last good state."""
+        from safetensors.torch import save_file
+
+        partial = self.path.with_suffix(".partial")
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(partial),
+                  metadata={"ids": json.dumps(self.ids)})
+        os.replace(partial, self.path)
+
+
+def clear_checkpoint(run_dir: Path) -> None:
+    """Remove the attack state once the run is scored: nothing is left to resume."""
+    (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
