@@ -117,14 +117,6 @@ def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sa
     assert metrics[0] == metrics[1]
 
 
-def test_resume_refuses_finished_runs_and_other_folders(sample, tmp_path, capsys):
-    summary, _ = _run(tmp_path, sample, "--task", "mini-coco", "--n-samples", "2")
-    assert main(["resume", str(tmp_path / "run")]) == 2
-    assert "holds a finished run (summary.json): nothing to resume" in capsys.readouterr().err
-    assert main(["resume", str(tmp_path)]) == 2
-    assert "is not a run folder (no config.json)" in capsys.readouterr().err
-
-
 def test_target_presets_and_their_errors():
     from vlm_eval.attacks.vlm import AttackSpec
 

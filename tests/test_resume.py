@@ -1,0 +1,59 @@
+"""`python -m vlm_eval resume RUN_DIR`: an interrupted run finishes with the samples it wrote kept.
+
+The killed-mid-attack case is in test_attack_runs.py; here clean and zero-shot runs, and the refusals.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vlm_eval.cli import main
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "miniworld"
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    return Path(shutil.copytree(ASSETS / "sample", tmp_path_factory.mktemp("sample") / "world"))
+
+
+def _args(sample: Path, task: str, out: Path) -> list[str]:
+    return ["--vlm", "mini-llava", "--encoder", "mini-clip", "--task", task, "--n-samples", "all", "--device", "cpu",
+            "--batch-size", "4", "--data-root", str(sample), "--output-dir", str(out)]
+
+
+@pytest.mark.parametrize("task", ["mini-coco", "mini-zeroshot"])
+def test_an_interrupted_run_resumes_keeping_what_it_wrote(task, sample, tmp_path, capsys):
+    whole = tmp_path / "whole"
+    assert main(_args(sample, task, whole)) == 0
+    lines = (whole / "samples.jsonl").read_text().splitlines()
+
+    # The state a kill leaves: four samples written, a fifth line cut off, no summary.
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    (run / "summary.json").unlink()
+    marked = [json.dumps({**json.loads(line), "kept": True}) for line in lines[:4]]
+    (run / "samples.jsonl").write_text("\n".join(marked) + "\n" + lines[4][: len(lines[4]) // 2])
+
+    assert main(["resume", str(run)]) == 0
+    assert "resuming" in capsys.readouterr().err
+    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [json.loads(line)["id"] for line in lines]
+    assert [r.get("kept", False) for r in records] == [True] * 4 + [False] * (len(lines) - 4)  # not evaluated again
+    summaries = [json.loads((folder / "summary.json").read_text()) for folder in (run, whole)]
+    assert summaries[0]["metrics"] == summaries[1]["metrics"] and summaries[0]["n_samples"] == len(lines)
+
+
+def test_resume_refuses_finished_runs_other_folders_and_changed_data(sample, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_args(sample, "mini-coco", run)) == 0
+    assert main(["resume", str(run)]) == 2
+    assert "holds a finished run (summary.json): nothing to resume" in capsys.readouterr().err
+    assert main(["resume", str(tmp_path)]) == 2
+    assert "is not a run folder (no config.json)" in capsys.readouterr().err
+    (run / "summary.json").unlink()
+    (run / "subset_ids.txt").write_text("someone-else\n")
+    assert main(["resume", str(run)]) == 2
+    assert "the task's samples are not those the run started with" in capsys.readouterr().err
