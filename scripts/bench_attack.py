@@ -115,19 +115,26 @@ def apgd_iteration(vlm: LlavaAdapter, n: int, steps: int, device: str) -> float:
     return timed(lambda: apgd(loss_fn, batch.pixels, threat, steps, initial_step=1.0), device) / (steps + 1)
 
 
-def reference_style_iteration(vlm: LlavaAdapter, samples: int, steps: int, device: str) -> float:
-    """Seconds per sample-iteration of a batch-size-1 loop as the reference code writes it: one image
-    at a time, the model's own `labels=` loss over full logits, `.backward()`, a sign step."""
-    eps, alpha = 4 / 255, 1 / 255
+def reference_style_loss(vlm: LlavaAdapter):
+    """The target's loss of one image as the reference code computes it: the model's own `labels=`
+    cross-entropy, over the logits of every position."""
     prompt_ids, target_ids = vlm.target_ids(llava_prompt("caption"), TARGET)
     ids = torch.tensor([prompt_ids + target_ids], device=vlm.device)
     labels = torch.tensor([[-100] * len(prompt_ids) + target_ids], device=vlm.device)
+    return lambda x: vlm.model(input_ids=ids, pixel_values=vlm.normalize(x), labels=labels).loss
+
+
+def reference_style_iteration(vlm: LlavaAdapter, samples: int, steps: int, device: str) -> float:
+    """Seconds per sample-iteration of a batch-size-1 loop as the reference code writes it: one image
+    at a time, the full-logits loss, `.backward()`, a sign step."""
+    eps, alpha = 4 / 255, 1 / 255
+    loss_of = reference_style_loss(vlm)
 
     def attack_one(x: torch.Tensor) -> torch.Tensor:
         x_adv = x.clone()
         for _ in range(steps + 1):
             x_adv.requires_grad_(True)
-            loss = vlm.model(input_ids=ids, pixel_values=vlm.normalize(x_adv), labels=labels).loss
+            loss = loss_of(x_adv)
             loss.backward()
             with torch.no_grad():
                 x_adv = torch.min(torch.max(x_adv + alpha * x_adv.grad.sign(), x - eps), x + eps).clamp(0, 1)
@@ -185,16 +192,17 @@ def main() -> None:
     for n in [int(b) for b in args.batches.split(",")]:
         per_sample = apgd_iteration(vlm, n, args.steps, args.device) / n
         rows.append({"batch": n, "s_per_sample_iteration": per_sample, "peak_gib": peak_memory(vlm, n, args.device)})
-    print("\n(b, c) | batch | ms per sample-iteration | sample-iterations/s | vs reference style | model TFLOP/s | "
-          "MFU | peak GiB | captioning ensemble, 500 samples, hours |")
+    print("\n(b, c)\n| batch | ms per sample-iteration | sample-iterations/s | vs reference style | model TFLOP/s | "
+          f"MFU (of {args.peak_tflops:g} TFLOP/s) | peak GiB | captioning ensemble, 500 samples, hours |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         t = row["s_per_sample_iteration"]
         row |= {"tflops": flops / t / 1e12, "mfu": flops / t / (args.peak_tflops * 1e12),
                 "ensemble_hours": ENSEMBLE_SAMPLES * ENSEMBLE_ITERATIONS * t / 3600, "speedup": reference / t}
-        peak = "" if row["peak_gib"] is None else f"{row['peak_gib']:.1f}"
+        peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.1f}"
+        mfu = f"{row['mfu']:.3f}" if args.device.startswith("cuda") else "-"
         print(f"| {row['batch']} | {t * 1e3:.1f} | {1 / t:.2f} | {row['speedup']:.2f}x | {row['tflops']:.3f} | "
-              f"{row['mfu']:.3f} | {peak} | {row['ensemble_hours']:.1f} |")
+              f"{mfu} | {peak} | {row['ensemble_hours']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "flops": flops,
                                          "bare_s": bare, "apgd_iteration_s": iteration, "rows": rows}, indent=2))

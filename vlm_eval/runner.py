@@ -7,7 +7,8 @@ is loaded (`--vlm` is ignored), the encoder card's whole CLIP becomes a classifi
 Order matters: every check that can fail (names, cards, device, data, Java, weights) runs before
 anything heavy is loaded, and the run folder is created only once the models are loaded, so a
 failed start leaves nothing behind. Outputs are appended to `samples.jsonl` batch by batch, so a
-crash during generation or scoring loses no finished work.
+crash during generation or scoring loses no finished work: `resume` finishes such a run, evaluating
+only the samples it had not written.
 """
 
 from __future__ import annotations
