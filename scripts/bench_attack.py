@@ -77,7 +77,8 @@ def model_flops(vlm: LlavaAdapter, lm_tokens: int, kept_logits: int) -> float:
     on the patches and CLS (input embedding and attention products not counted)."""
     inner = vlm.model.model
     n_vision = sum(p.numel() for m in (inner.vision_tower, inner.multi_modal_projector) for p in m.parameters())
-    n_layers = sum(p.numel() for p in inner.language_model.parameters()) - inner.language_model.embed_tokens.weight.numel()
+    n_lm = sum(p.numel() for p in inner.language_model.parameters())
+    n_layers = n_lm - inner.language_model.embed_tokens.weight.numel()
     n_head = vlm.model.lm_head.weight.numel()
     return 4.0 * (n_layers * lm_tokens + n_head * kept_logits + n_vision * (vlm.n_image_tokens + 1))
 
@@ -103,7 +104,8 @@ def bare_step(vlm: LlavaAdapter, n: int, repeats: int, device: str) -> float:
     loss_fn = vlm.loss_closure(batch, [TARGET] * n)
     rows = torch.arange(n, device=vlm.device)
     evaluate(loss_fn, batch.pixels, rows, 1.0, 0)  # warm-up
-    return statistics.median(timed(lambda: evaluate(loss_fn, batch.pixels, rows, 1.0, 0), device) for _ in range(repeats))
+    times = [timed(lambda: evaluate(loss_fn, batch.pixels, rows, 1.0, 0), device) for _ in range(repeats)]
+    return statistics.median(times)
 
 
 def apgd_iteration(vlm: LlavaAdapter, n: int, steps: int, device: str) -> float:

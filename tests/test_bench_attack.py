@@ -39,6 +39,7 @@ def test_flops_count_layers_on_every_token_and_the_head_where_the_loss_looks(ben
     inner = vlm.model.model
     n_vision = sum(p.numel() for p in inner.vision_tower.parameters()) + sum(
         p.numel() for p in inner.multi_modal_projector.parameters())
-    n_layers = sum(p.numel() for p in inner.language_model.layers.parameters()) + inner.language_model.norm.weight.numel()
+    lm = inner.language_model
+    n_layers = sum(p.numel() for p in lm.layers.parameters()) + lm.norm.weight.numel()
     expected = 4 * (n_layers * 100 + 500 * 32 * 7 + n_vision * (16 + 1))  # 224 / 56 = 4 x 4 patches, + CLS
     assert bench.model_flops(vlm, lm_tokens=100, kept_logits=7) == expected

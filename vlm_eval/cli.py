@@ -85,7 +85,8 @@ def eval_parser() -> argparse.ArgumentParser:
                         "password, stupid, stocks, vaccines, email")
     attack.add_argument("--check-every", type=int, default=defaults.check_every, metavar="N",
                         help="targeted: every N steps the VLM answers each sample's best image so far, and "
-                        "samples that say the target stop there (0: every sample runs all --steps) (default %(default)s)")
+                        "samples that say the target stop there (0: every sample runs all --steps) "
+                        "(default %(default)s)")
     attack.add_argument("--eps", default=defaults.eps, help="radius in [0, 1] pixels, e.g. 4/255 (default %(default)s)")
     attack.add_argument("--norm", choices=("linf", "l2"), default=defaults.norm, help="default %(default)s")
     attack.add_argument("--steps", type=int, default=defaults.steps, help="iterations per sample (default %(default)s)")
@@ -109,7 +110,8 @@ def eval_command(argv: list[str]) -> int:
         weights_dir=args.weights_dir, allow_download=args.allow_download, strict=args.strict,
         vqa_normalize=args.vqa_normalize, postprocess=args.postprocess, encoder_arch=args.encoder_arch,
         attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps, target=args.target,
-        check_every=args.check_every, schedule=args.schedule, from_adversarial=args.from_adversarial, quantize_8bit=args.quantize_8bit,
+        check_every=args.check_every, schedule=args.schedule, from_adversarial=args.from_adversarial,
+        quantize_8bit=args.quantize_8bit,
     )
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
