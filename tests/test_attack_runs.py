@@ -73,27 +73,28 @@ def test_targeted_attack_makes_the_model_say_the_target_and_stops_there(sample, 
     assert metrics["target_steps_median"] == pytest.approx((steps[(len(steps) - 1) // 2] + steps[len(steps) // 2]) / 2)
 
 
-def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sample, tmp_path, monkeypatch, capsys):
-    from vlm_eval.attacks import checkpoint
+def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sample, tmp_path, monkeypatch, capsys,
+                                                                             caplog):
+    from vlm_eval.attacks import snapshot
 
     args = [*MINI, "--data-root", str(sample), "--task", "mini-coco", "--batch-size", "4", "--attack", "targeted",
-            "--target", "a purple cross", "--steps", "12", "--check-every", "0"]
+            "--target", "a purple cross", "--steps", "12", "--check-every", "5"]
     whole = tmp_path / "whole"
     assert main([*args, "--output-dir", str(whole)]) == 0
 
-    monkeypatch.setattr(checkpoint, "SAVE_EVERY_S", 0.0)  # save after every step
-    first_step, seen = checkpoint.AttackCheckpoint.after_step, []
+    monkeypatch.setattr(snapshot, "SAVE_EVERY_S", 0.0)  # a snapshot after every step
+    original_after_step, seen = snapshot.AttackSnapshot.after_step, []
 
     def killed_in_the_second_batch(self, step, active, state):
-        first_step(self, step, active, state)
+        original_after_step(self, step, active, state)
         seen.append((self.ids[0], step))
         if len({ids for ids, _ in seen}) == 2 and step == 7:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint.AttackCheckpoint, "after_step", killed_in_the_second_batch)
+    monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", killed_in_the_second_batch)
     run = tmp_path / "run"
     assert main([*args, "--output-dir", str(run)]) == 130
-    assert len((run / "samples.jsonl").read_text().splitlines()) == 4 and (run / checkpoint.STATE_FILE).exists()
+    assert len((run / "samples.jsonl").read_text().splitlines()) == 4 and (run / snapshot.STATE_FILE).exists()
     assert main([*args, "--output-dir", str(run)]) == 2  # a new run does not overwrite it...
     assert f"python -m vlm_eval resume {run}" in capsys.readouterr().err  # ...and says how to finish it
 
@@ -101,20 +102,47 @@ def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sa
 
     def recorded(self, step, active, state):
         resumed_steps.append(step)
-        first_step(self, step, active, state)
+        original_after_step(self, step, active, state)
 
-    monkeypatch.setattr(checkpoint.AttackCheckpoint, "after_step", recorded)
+    monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", recorded)
     assert main(["resume", str(run)]) == 0
-    assert resumed_steps[:6] == list(range(8, 13)) + [1]  # the second batch went on from step 8, then the third began
-    assert "resuming" in capsys.readouterr().err and not (run / checkpoint.STATE_FILE).exists()
+    assert resumed_steps[0] == 8 and 1 in resumed_steps  # the second batch went on from step 8, then the third began
+    assert "resuming" in caplog.text and not (run / snapshot.STATE_FILE).exists()
     expected = [json.loads(line) for line in (whole / "samples.jsonl").read_text().splitlines()]
     got = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in got] == [r["id"] for r in expected]
     for mine, theirs in zip(got, expected):
-        assert mine["adversarial"]["raw_output"] == theirs["adversarial"]["raw_output"]
-        assert mine["adversarial"]["loss"] == pytest.approx(theirs["adversarial"]["loss"], rel=1e-6)
+        assert mine["adversarial"] == theirs["adversarial"]  # outputs, losses and steps, to the last bit
     metrics = [json.loads((folder / "summary.json").read_text())["metrics"] for folder in (run, whole)]
-    assert metrics[0] == metrics[1]
+    assert metrics[0] == metrics[1] and "target_steps_median" in metrics[0]
+
+
+def test_an_ensemble_run_resumed_after_its_first_batch_scores_against_the_whole_set(sample, tmp_path, monkeypatch):
+    from vlm_eval.attacks import snapshot
+
+    schedule = tmp_path / "short.yaml"
+    schedule.write_text(SHORT_SCHEDULE)
+    args = [*MINI, "--data-root", str(sample), "--task", "mini-coco", "--batch-size", "6", "--attack", "ensemble",
+            "--schedule", str(schedule), "--steps", "2"]
+    whole = tmp_path / "whole"
+    assert main([*args, "--output-dir", str(whole)]) == 0
+
+    original_init, batches = snapshot.AttackProgress.__init__, []
+
+    def killed_in_the_second_batch(self, steps, desc):
+        batches.append(desc)
+        if len(batches) == 4:  # the first run of the second batch
+            raise KeyboardInterrupt
+        original_init(self, steps, desc)
+
+    monkeypatch.setattr(snapshot.AttackProgress, "__init__", killed_in_the_second_batch)
+    run = tmp_path / "run"
+    assert main([*args, "--output-dir", str(run)]) == 130
+    monkeypatch.setattr(snapshot.AttackProgress, "__init__", original_init)
+    assert main(["resume", str(run)]) == 0
+    expected, got = ([json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+                     for folder in (whole, run))
+    assert [r["adversarial"] for r in got] == [r["adversarial"] for r in expected]  # the same scores after every run
 
 
 def test_target_presets_and_their_errors():

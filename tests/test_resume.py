@@ -25,7 +25,7 @@ def _args(sample: Path, task: str, out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("task", ["mini-coco", "mini-zeroshot"])
-def test_an_interrupted_run_resumes_keeping_what_it_wrote(task, sample, tmp_path, capsys):
+def test_an_interrupted_run_resumes_keeping_what_it_wrote(task, sample, tmp_path, caplog):
     whole = tmp_path / "whole"
     assert main(_args(sample, task, whole)) == 0
     lines = (whole / "samples.jsonl").read_text().splitlines()
@@ -38,7 +38,7 @@ def test_an_interrupted_run_resumes_keeping_what_it_wrote(task, sample, tmp_path
     (run / "samples.jsonl").write_text("\n".join(marked) + "\n" + lines[4][: len(lines[4]) // 2])
 
     assert main(["resume", str(run)]) == 0
-    assert "resuming" in capsys.readouterr().err
+    assert "resuming" in caplog.text and "dropping the last line" in caplog.text
     records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == [json.loads(line)["id"] for line in lines]
     assert [r.get("kept", False) for r in records] == [True] * 4 + [False] * (len(lines) - 4)  # not evaluated again
@@ -57,3 +57,25 @@ def test_resume_refuses_finished_runs_other_folders_and_changed_data(sample, tmp
     (run / "subset_ids.txt").write_text("someone-else\n")
     assert main(["resume", str(run)]) == 2
     assert "the task's samples are not those the run started with" in capsys.readouterr().err
+
+
+def test_a_snapshot_is_read_only_by_a_resumed_run_of_the_same_attack_on_the_same_batch(tmp_path):
+    import torch
+
+    from vlm_eval.attacks.snapshot import AttackSnapshot
+    from vlm_eval.errors import VlmEvalError
+
+    settings = {"name": "targeted", "eps": 4 / 255, "steps": 100}
+    state = {"x_adv": torch.rand(2, 3, 4, 4), "step": torch.tensor(40)}
+    with AttackSnapshot(tmp_path, ["a", "b"], settings, 100, "test", resuming=False) as saving:
+        saving.save(state)
+
+    def offered(ids, settings, resuming=True):
+        with AttackSnapshot(tmp_path, ids, settings, 100, "test", resuming) as snapshot:
+            return snapshot.resume()
+
+    assert torch.equal(offered(["a", "b"], settings)["x_adv"], state["x_adv"])
+    assert offered(["a", "b"], settings, resuming=False) is None  # a fresh run never continues an old attack
+    assert offered(["c", "d"], settings) is None  # the snapshot of a batch that finished
+    with pytest.raises(VlmEvalError, match="saved by another attack"):
+        offered(["a", "b"], {**settings, "eps": 2 / 255})

@@ -163,7 +163,6 @@ def resume_command(argv: list[str]) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from vlm_eval.runner import resume
 
     print(summary_table(resume(args.run_dir)))

@@ -36,7 +36,7 @@ class EvalConfig:
     norm: str = "linf"  # linf or l2
     steps: int = 100  # attack iterations per sample
     target: str | None = None  # targeted attacks: the string, or a preset name (attacks.vlm.TARGET_PRESETS)
-    check_every: int = 50  # targeted: every N steps, samples whose best image says the target stop (0: never)
+    check_every: int = 0  # targeted: every N steps, samples whose best image says the target stop (0: never)
     schedule: str | None = None  # --attack ensemble: a schedule file (default schedules/<task type>.yaml)
     from_adversarial: str | None = None  # evaluate the adversarial images a run with --attack saved, instead of attacking
     quantize_8bit: bool = False  # round those images to 8 bits first, as a PNG would

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -30,6 +31,13 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     with path.open("w") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def replace_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Write a new version of a file next to it, then swap it in: a crash keeps the old one whole."""
+    partial = path.with_name(path.name + ".partial")
+    write_jsonl(partial, rows)
+    os.replace(partial, path)
 
 
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:

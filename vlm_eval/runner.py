@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +70,9 @@ def run(config: EvalConfig, resume: bool = False) -> Path:
     vlm = load_vlm(config, resolved)
 
     run_dir, finished = open_run_dir(config, resolved, samples, resume)
-    records, skipped = generate_all(vlm, resolved.task, pending(samples, finished), config, run_dir, resolved.attack)
-    metrics = score_records(resolved.task, finished + records)
+    records, skipped = generate_all(vlm, resolved.task, samples, config, run_dir, resolved.attack,
+                                    {r["id"] for r in finished}, resume)
+    metrics = score_records(resolved.task, finished + records, resolved.attack)
     write_outcome(run_dir, config, resolved, finished + records, skipped, metrics)
     return run_dir
 
@@ -84,14 +84,16 @@ def run_zeroshot(config: EvalConfig, resolved: Resolved, files: dict[str, Path],
     classifier = load_classifier(config, resolved, classes)
 
     run_dir, finished = open_run_dir(config, resolved, samples, resume)
-    records, skipped = classify_all(classifier, resolved, pending(samples, finished), classes, config, run_dir)
+    records, skipped = classify_all(classifier, resolved, samples, classes, config, run_dir, {r["id"] for r in finished})
     metrics = resolved.task.metrics(finished + records, len(classes))
     write_outcome(run_dir, config, resolved, finished + records, skipped, metrics)
     return run_dir
 
 
 def resume(run_dir: Path) -> Path:
-    """Finish an interrupted run with the settings in its config.json."""
+    """Finish an interrupted run with the settings in its config.json, on the device and in the precision
+    it started with (so that its samples are not evaluated two ways)."""
+    import os
     from dataclasses import fields
 
     path = Path(run_dir) / "config.json"
@@ -99,7 +101,11 @@ def resume(run_dir: Path) -> Path:
         raise VlmEvalError(f"{run_dir} is not a run folder (no config.json); give the folder of the run to resume")
     saved = json.loads(path.read_text())
     given = {f.name: saved[f.name] for f in fields(EvalConfig) if f.name in saved}
-    return run(EvalConfig(**{**given, "output_dir": str(run_dir)}), resume=True)
+    pinned = {key: saved["resolved"][key] for key in ("device", "precision")}
+    config = EvalConfig(**{**given, **pinned, "output_dir": str(run_dir)})
+    if not config.allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return run(config, resume=True)
 
 
 def open_run_dir(config: EvalConfig, resolved: Resolved, samples: list[Any], resume: bool) -> tuple[Path, list[dict]]:
@@ -123,14 +129,9 @@ def finished_records(run_dir: Path, samples: list[Any]) -> list[dict]:
             if number < len(lines):
                 raise VlmEvalError(f"{path}, line {number}: not JSON; the run folder is damaged") from None
             log.warning("dropping the last line of %s: the interruption cut it off", path)
-    results.write_jsonl(path, records)  # so that new lines do not follow a cut one
-    print(f"resuming {run_dir}: {len(records)} of {len(samples)} samples done", file=sys.stderr)
+            results.replace_jsonl(path, records)  # so that new lines do not follow the cut one
+    log.warning("resuming %s: %d of %d samples done", run_dir, len(records), len(samples))
     return records
-
-
-def pending(samples: list[Any], finished: list[dict]) -> list[Any]:
-    done = {record["id"] for record in finished}
-    return [s for s in samples if s.id not in done]
 
 
 def start_run_dir(config: EvalConfig, resolved: Resolved, samples: list[Any]) -> Path:
@@ -283,8 +284,9 @@ def preflight(config: EvalConfig, resolved: Resolved, resume: bool = False) -> d
 
 
 def check_run_dir_is_free(run_dir: Path) -> None:
-    """Never overwrite outputs: neither a finished run nor the samples of an interrupted one."""
-    for name, state in (("summary.json", "a finished run"), ("samples.jsonl", "the outputs of an interrupted run")):
+    """Never overwrite outputs: neither a finished run nor the samples (or the attack) of an interrupted one."""
+    for name, state in (("summary.json", "a finished run"), ("samples.jsonl", "the outputs of an interrupted run"),
+                        ("subset_ids.txt", "an interrupted run")):
         if (run_dir / name).exists():
             hint = "" if name == "summary.json" else f" (to finish it: python -m vlm_eval resume {run_dir})"
             raise VlmEvalError(f"{run_dir} already holds {state} ({name}); choose another --output-dir{hint}")
@@ -299,8 +301,6 @@ def check_run_dir_is_resumable(run_dir: Path) -> None:
 
 def load_vlm(config: EvalConfig, resolved: Resolved) -> Any:
     """The VLM adapter with the encoder swapped in; records checkpoints and hashes in provenance."""
-    import torch
-
     from vlm_eval.encoders import ENCODER_FAMILIES
     from vlm_eval.vlms import VLM_FAMILIES
 
@@ -380,8 +380,9 @@ def zeroshot_provenance(resolved: Resolved, loaded: Any, n_classes: int) -> dict
 
 
 def classify_all(classifier: Any, resolved: Resolved, samples: list[Any], classes: list[Any], config: EvalConfig,
-                 run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Classify every sample in batches, appending each batch's records (with scores) to samples.jsonl."""
+                 run_dir: Path, finished: set = frozenset()) -> tuple[list[dict], list[dict]]:
+    """Classify every sample not `finished` in batches, appending each batch's records (with scores) to
+    samples.jsonl."""
     import torch
 
     from vlm_eval.data import preprocess_clip_image
@@ -391,13 +392,14 @@ def classify_all(classifier: Any, resolved: Resolved, samples: list[Any], classe
         return resolved.task.records(kept, classifier(pixels.to(resolved.device)), classes)
 
     return in_batches(samples, lambda image: preprocess_clip_image(image, classifier.image_size), classify,
-                      config, run_dir, "classifying")
+                      config, run_dir, "classifying", finished)
 
 
 def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, run_dir: Path,
-                 attack: Any | None = None) -> tuple[list[dict], list[dict]]:
-    """Generate for every sample in batches (and, with an attack, again on the attacked images),
-    appending each batch's records to samples.jsonl."""
+                 attack: Any | None = None, finished: set = frozenset(),
+                 resuming: bool = False) -> tuple[list[dict], list[dict]]:
+    """Generate for every sample not `finished`, in batches (and, with an attack, again on the attacked
+    images), appending each batch's records to samples.jsonl. `resuming`: an interrupted attack goes on."""
     from vlm_eval.data import preprocess_image
     from vlm_eval.vlms.base import Batch
 
@@ -411,17 +413,18 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
             if attack.name == "ensemble":
                 add_ensemble_outputs(vlm, task, batch, kept, records, attack, run_dir, all_refs)
             else:
-                add_attacked_outputs(vlm, task, batch, kept, records, attack, run_dir)
+                add_attacked_outputs(vlm, task, batch, kept, records, attack, run_dir, resuming)
         return records
 
     desc = "generating" if attack is None else f"generating, {attack.name}"
-    return in_batches(samples, lambda image: preprocess_image(image, vlm.image_size), generate, config, run_dir, desc)
+    return in_batches(samples, lambda image: preprocess_image(image, vlm.image_size), generate, config, run_dir, desc,
+                      finished)
 
 
 def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], attack: Any,
-                         run_dir: Path) -> None:
+                         run_dir: Path, resuming: bool) -> None:
     """Attack the batch (away from each sample's reference, or towards the target) and record what the VLM says then."""
-    from vlm_eval.attacks.checkpoint import AttackCheckpoint
+    from vlm_eval.attacks.snapshot import AttackSnapshot
     from vlm_eval.attacks.saved import SavedAdversarial, save_adversarial
     from vlm_eval.attacks.vlm import attack_batch, target_hit
     from vlm_eval.vlms.base import Batch
@@ -430,7 +433,9 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     if isinstance(attack, SavedAdversarial):
         x_adv, texts, losses, steps = attack.load(batch.ids), references, [None] * len(kept), [None] * len(kept)
     else:
-        with AttackCheckpoint(run_dir, batch.ids, attack.steps, f"attacking {len(kept)} samples") as hook:
+        settings = {**attack.describe(), "dtype": str(vlm.dtype)}
+        with AttackSnapshot(run_dir, batch.ids, settings, attack.steps, f"attacking {len(kept)} samples",
+                            resuming) as hook:
             result, texts = attack_batch(vlm, batch, references, attack, task.card.max_new_tokens, hook)
         x_adv, losses, steps = result.x_adv, result.loss.tolist(), result.steps.tolist()
         save_adversarial(run_dir, batch.ids, x_adv)
@@ -445,7 +450,7 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
 def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], spec: Any,
                          run_dir: Path, all_refs: dict[str, list[str]]) -> None:
     """Run the ensemble schedule on the batch; each record gets its worst output and the run that made it."""
-    from vlm_eval.attacks.checkpoint import AttackProgress
+    from vlm_eval.attacks.snapshot import AttackProgress
     from vlm_eval.attacks.ensemble import run_schedule
     from vlm_eval.attacks.saved import save_adversarial
 
@@ -468,16 +473,23 @@ def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
 
 
 def in_batches(samples: list[Any], preprocess: Any, evaluate: Any, config: EvalConfig, run_dir: Path,
-               desc: str) -> tuple[list[dict], list[dict]]:
+               desc: str, finished: set = frozenset()) -> tuple[list[dict], list[dict]]:
     """(records, skipped): `evaluate(samples, pixels) -> records` per batch of loadable images, each
-    batch's records appended to samples.jsonl at once, so a crash loses no finished work."""
+    batch's records appended to samples.jsonl at once, so a crash loses no finished work.
+
+    Batches are cut from the whole list and then drop the `finished` samples, so a resumed run meets
+    the batches of the interrupted one (and the attack state saved for one of them).
+    """
     import torch
     from tqdm import tqdm
 
     records, skipped = [], []
     with tqdm(total=len(samples), desc=desc, unit="sample") as bar:
         for start in range(0, len(samples), config.batch_size):
-            chunk = samples[start : start + config.batch_size]
+            chunk = [s for s in samples[start : start + config.batch_size] if s.id not in finished]
+            bar.update(min(config.batch_size, len(samples) - start) - len(chunk))
+            if not chunk:
+                continue
             pixels, kept, bad = load_pixels(chunk, preprocess, config.strict)
             skipped += bad
             if kept:
@@ -513,7 +525,7 @@ def sample_record(sample: Any, raw: str, output: str) -> dict:
     return record
 
 
-def score_records(task: Any, records: list[dict]) -> dict[str, float]:
+def score_records(task: Any, records: list[dict], attack: Any | None = None) -> dict[str, float]:
     """Score the whole set at once (CIDEr is corpus-level) and put each sample's score in its record."""
     if not records:
         return {task.metric: float("nan")}
@@ -524,22 +536,25 @@ def score_records(task: Any, records: list[dict]) -> dict[str, float]:
         record["score"] = per_item[record["id"]]
     if "adversarial" in records[0]:
         targeted = "target_in_output" in records[0]["adversarial"]
-        metrics.update(score_targeted(task, records, refs) if targeted else score_robust(task, records, refs))
+        stopped_early = getattr(attack, "check_every", 0) > 0
+        metrics.update(score_targeted(task, records, refs, stopped_early) if targeted
+                       else score_robust(task, records, refs))
     return metrics
 
 
-def score_targeted(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
-    """Success rates of a targeted attack (x100) and the task metric of the attacked outputs."""
+def score_targeted(task: Any, records: list[dict], refs: dict[str, list[str]], stopped_early: bool) -> dict[str, float]:
+    """Success rates of a targeted attack (x100) and the task metric of the attacked outputs; with
+    `stopped_early` (--check-every), the median steps the successful samples took."""
     metrics = score_attacked(task, records, refs)
 
     def share(key: str) -> float:
         return 100.0 * sum(r["adversarial"][key] for r in records) / len(records)
 
-    # With --check-every, a successful sample stopped at the first check that saw the target in its output.
-    steps = [r["adversarial"]["steps"] for r in records if r["adversarial"]["target_in_output"]]
-    return {"target_success_rate": share("target_in_output"), "target_exact_match_rate": share("exact_match"),
-            "target_steps_median": float(statistics.median(steps)) if steps else float("nan"),
-            **{f"{name}_attacked": value for name, value in metrics.items()}}
+    rates = {"target_success_rate": share("target_in_output"), "target_exact_match_rate": share("exact_match")}
+    if stopped_early:
+        steps = [r["adversarial"]["steps"] for r in records if r["adversarial"]["target_in_output"]]
+        rates["target_steps_median"] = float(statistics.median(steps)) if steps else float("nan")
+    return {**rates, **{f"{name}_attacked": value for name, value in metrics.items()}}
 
 
 def score_attacked(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
@@ -603,13 +618,13 @@ def full_config(config: EvalConfig, resolved: Resolved) -> dict[str, Any]:
 
 def write_outcome(run_dir: Path, config: EvalConfig, resolved: Resolved, records: list[dict],
                   skipped: list[dict], metrics: dict[str, float]) -> None:
-    from vlm_eval.attacks.checkpoint import clear_checkpoint
+    from vlm_eval.attacks.snapshot import clear_snapshot
 
-    results.write_jsonl(run_dir / "samples.jsonl", records)  # now with scores
+    results.replace_jsonl(run_dir / "samples.jsonl", records)  # now with scores
     results.write_jsonl(run_dir / "skipped.jsonl", skipped)
     summary = results.summary(full_config(config, resolved), resolved.provenance, len(records), len(skipped), metrics)
     results.write_json(run_dir / "summary.json", summary)
-    clear_checkpoint(run_dir)
+    clear_snapshot(run_dir)
 
 
 def _path(value: str | None) -> Path | None:

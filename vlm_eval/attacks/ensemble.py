@@ -132,8 +132,8 @@ def run_schedule(vlm: Any, batch: Any, references: list[list[str]], clean: list[
             continue
         sub = batch.select(rows, batch.pixels[rows].to(device))
         start = worst["pixels"][rows].to(device) if run.start == "best" else None
-        hook = progress(run.label) if progress else contextlib.nullcontext()
-        with precision(device, run.precision), hook as hook:
+        watch = progress(run.label) if progress else contextlib.nullcontext()
+        with precision(device, run.precision), watch as hook:
             result = attack_vlm(vlm, sub, [texts[i] for i in rows], run.attack, threat, steps, hook=hook,
                                 maximize=run.text != "target", x_init=start, **options.get(run.attack, {}))
             outputs = generate(Batch(sub.ids, result.x_adv, sub.prompts))

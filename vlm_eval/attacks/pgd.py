@@ -18,6 +18,8 @@ from vlm_eval.attacks.state import AttackHook, from_tensors, to_tensors
 
 @dataclass
 class PgdState:
+    """Everything the loop carries from one step to the next."""
+
     x_adv: torch.Tensor
     best: Best
     velocity: torch.Tensor

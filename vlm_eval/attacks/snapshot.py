@@ -1,9 +1,10 @@
-"""Progress of one batch's attack, and its state saved in the run folder so a killed run resumes mid-attack.
+"""Progress of one batch's attack, and snapshots of its state so that a killed run resumes mid-attack.
 
 A targeted attack of 10,000 steps takes hours per batch. Every few minutes the loop state goes to
-`RUN_DIR/attack_state.safetensors`, tagged with the batch's sample ids; `python -m vlm_eval resume
-RUN_DIR` reruns the run and the attack of that batch continues from the saved step. A state whose
-ids are not the batch's belongs to a batch that finished, and is ignored.
+`RUN_DIR/attack_state.safetensors`, tagged with the batch's sample ids and the attack's settings.
+`python -m vlm_eval resume RUN_DIR` reruns the run, and the attack of that batch continues from the
+saved step. Only a resumed run reads a snapshot; one whose ids are not the batch's belongs to a
+batch that finished, and one whose settings differ is refused.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+
+from vlm_eval.errors import VlmEvalError
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "attack_state.safetensors"
-SAVE_EVERY_S = 120.0  # seconds of attack between two saves
+SAVE_EVERY_S = 120.0  # seconds of attack between two snapshots
 
 
 class AttackProgress:
@@ -45,23 +48,32 @@ class AttackProgress:
         self.bar.close()
 
 
-class AttackCheckpoint(AttackProgress):
-    """The progress bar, plus the state saved every `every_s` seconds and offered back on resume."""
+class AttackSnapshot(AttackProgress):
+    """The progress bar, plus the state saved every `every_s` seconds and, in a resumed run, offered back.
 
-    def __init__(self, run_dir: Path, ids: list[str], steps: int, desc: str, every_s: float | None = None):
+    `settings` (the attack's description) must match the snapshot's for it to be used.
+    """
+
+    def __init__(self, run_dir: Path, ids: list[Any], settings: dict[str, Any], steps: int, desc: str,
+                 resuming: bool, every_s: float | None = None):
         super().__init__(steps, desc)
-        self.path, self.ids = Path(run_dir) / STATE_FILE, list(ids)
+        self.path, self.ids, self.resuming = Path(run_dir) / STATE_FILE, list(ids), resuming
+        self.settings = json.dumps(settings, sort_keys=True)
         self.every_s = SAVE_EVERY_S if every_s is None else every_s
         self.last_save = time.monotonic()
 
     def resume(self) -> dict[str, torch.Tensor] | None:
         from safetensors import safe_open
 
-        if not self.path.exists():
+        if not (self.resuming and self.path.exists()):
             return None
         with safe_open(str(self.path), "pt") as f:
-            if json.loads(f.metadata().get("ids", "[]")) != self.ids:
+            meta = f.metadata() or {}
+            if json.loads(meta.get("ids", "[]")) != self.ids:
                 return None  # left by a batch that finished
+            if meta.get("settings") != self.settings:
+                raise VlmEvalError(f"{self.path} was saved by another attack ({meta.get('settings')}), not this "
+                                   f"run's ({self.settings}); delete it to attack the batch again")
             state = {key: f.get_tensor(key) for key in f.keys()}
         log.warning("resuming the attack on %d samples at step %d (%s)", len(self.ids), int(state["step"]), self.path)
         self.bar.update(int(state["step"]))
@@ -74,15 +86,16 @@ class AttackCheckpoint(AttackProgress):
             self.last_save = time.monotonic()
 
     def save(self, state: dict[str, torch.Tensor]) -> None:
-        """Write to a temporary file first, so a kill while writing leaves the last good state."""
+        """Write to a temporary file first, so a kill while writing leaves the last good snapshot."""
         from safetensors.torch import save_file
 
         partial = self.path.with_suffix(".partial")
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(partial),
-                  metadata={"ids": json.dumps(self.ids)})
+                  metadata={"ids": json.dumps(self.ids), "settings": self.settings})
         os.replace(partial, self.path)
 
 
-def clear_checkpoint(run_dir: Path) -> None:
-    """Remove the attack state once the run is scored: nothing is left to resume."""
-    (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
+def clear_snapshot(run_dir: Path) -> None:
+    """Remove the attack state (and a half-written one): nothing is left to resume."""
+    for path in (Path(run_dir) / STATE_FILE, (Path(run_dir) / STATE_FILE).with_suffix(".partial")):
+        path.unlink(missing_ok=True)
