@@ -17,6 +17,7 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,7 +381,7 @@ def zeroshot_provenance(resolved: Resolved, loaded: Any, n_classes: int) -> dict
 
 
 def classify_all(classifier: Any, resolved: Resolved, samples: list[Any], classes: list[Any], config: EvalConfig,
-                 run_dir: Path, finished: set = frozenset()) -> tuple[list[dict], list[dict]]:
+                 run_dir: Path, finished: Collection[Any] = ()) -> tuple[list[dict], list[dict]]:
     """Classify every sample not `finished` in batches, appending each batch's records (with scores) to
     samples.jsonl."""
     import torch
@@ -396,7 +397,7 @@ def classify_all(classifier: Any, resolved: Resolved, samples: list[Any], classe
 
 
 def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, run_dir: Path,
-                 attack: Any | None = None, finished: set = frozenset(),
+                 attack: Any | None = None, finished: Collection[Any] = (),
                  resuming: bool = False) -> tuple[list[dict], list[dict]]:
     """Generate for every sample not `finished`, in batches (and, with an attack, again on the attacked
     images), appending each batch's records to samples.jsonl. `resuming`: an interrupted attack goes on."""
@@ -424,8 +425,8 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
 def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], attack: Any,
                          run_dir: Path, resuming: bool) -> None:
     """Attack the batch (away from each sample's reference, or towards the target) and record what the VLM says then."""
-    from vlm_eval.attacks.snapshot import AttackSnapshot
     from vlm_eval.attacks.saved import SavedAdversarial, save_adversarial
+    from vlm_eval.attacks.snapshot import AttackSnapshot
     from vlm_eval.attacks.vlm import attack_batch, target_hit
     from vlm_eval.vlms.base import Batch
 
@@ -450,9 +451,9 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
 def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], spec: Any,
                          run_dir: Path, all_refs: dict[str, list[str]]) -> None:
     """Run the ensemble schedule on the batch; each record gets its worst output and the run that made it."""
-    from vlm_eval.attacks.snapshot import AttackProgress
     from vlm_eval.attacks.ensemble import run_schedule
     from vlm_eval.attacks.saved import save_adversarial
+    from vlm_eval.attacks.snapshot import AttackProgress
 
     def generate(sub: Any) -> list[str]:
         return vlm.generate(sub, task.card.max_new_tokens)
@@ -473,7 +474,7 @@ def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
 
 
 def in_batches(samples: list[Any], preprocess: Any, evaluate: Any, config: EvalConfig, run_dir: Path,
-               desc: str, finished: set = frozenset()) -> tuple[list[dict], list[dict]]:
+               desc: str, finished: Collection[Any] = ()) -> tuple[list[dict], list[dict]]:
     """(records, skipped): `evaluate(samples, pixels) -> records` per batch of loadable images, each
     batch's records appended to samples.jsonl at once, so a crash loses no finished work.
 
