@@ -4,7 +4,8 @@
     RUN_DIR/subset_ids.txt  the evaluated sample ids, in order
     RUN_DIR/samples.jsonl   one JSON object per sample: id, output, references, score, ...
     RUN_DIR/skipped.jsonl   samples that could not be evaluated, with the reason
-    RUN_DIR/summary.json    schema version, config, provenance, counts and metrics (x100)
+    RUN_DIR/summary.json    schema version, config, provenance, counts and metrics (x100); attacked
+                            runs add `semantic`, the semantic-preservation checks (vlm_eval.semantic)
 """
 
 from __future__ import annotations
@@ -77,8 +78,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def summary(config: dict, provenance: dict, n_samples: int, n_skipped: int, metrics: dict[str, float]) -> dict:
-    """The summary.json object; NaN metrics (nothing scored) become null."""
+def summary(config: dict, provenance: dict, n_samples: int, n_skipped: int, metrics: dict[str, float],
+            semantic: dict[str, dict[str, float]] | None = None) -> dict:
+    """The summary.json object; NaN metrics (nothing scored) become null. `semantic`: the semantic-preservation
+    checks of an attacked run (vlm_eval.semantic), absent from clean runs."""
+    extra = {"semantic": semantic} if semantic else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "config": config,
@@ -86,4 +90,5 @@ def summary(config: dict, provenance: dict, n_samples: int, n_skipped: int, metr
         "n_samples": n_samples,
         "n_skipped": n_skipped,
         "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
+        **extra,
     }

@@ -428,6 +428,7 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     from vlm_eval.attacks.saved import SavedAdversarial, save_adversarial
     from vlm_eval.attacks.snapshot import AttackSnapshot
     from vlm_eval.attacks.vlm import attack_batch, target_hit
+    from vlm_eval.semantic import perturbations
     from vlm_eval.vlms.base import Batch
 
     references = [task.attack_texts(s)[0] for s in kept]
@@ -441,9 +442,10 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
         x_adv, losses, steps = result.x_adv, result.loss.tolist(), result.steps.tolist()
         save_adversarial(run_dir, batch.ids, x_adv)
     outputs = vlm.generate(Batch(batch.ids, x_adv, batch.prompts), task.card.max_new_tokens)
-    for record, text, raw, loss, ran in zip(records, texts, outputs, losses, steps):
+    sizes = perturbations(batch.pixels, x_adv)
+    for record, text, raw, loss, ran, size in zip(records, texts, outputs, losses, steps, sizes):
         record["adversarial"] = {"output": task.postprocess(raw), "raw_output": raw, "target": text,
-                                 "loss": loss, "steps": ran, "attack": attack.name}
+                                 "loss": loss, "steps": ran, "attack": attack.name, "perturbation": size}
         if attack.targeted:  # success is judged on the raw output: post-processing may cut the target
             record["adversarial"]["target_in_output"], record["adversarial"]["exact_match"] = target_hit(raw, text)
 
@@ -454,6 +456,7 @@ def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     from vlm_eval.attacks.ensemble import run_schedule
     from vlm_eval.attacks.saved import save_adversarial
     from vlm_eval.attacks.snapshot import AttackProgress
+    from vlm_eval.semantic import perturbations
 
     def generate(sub: Any) -> list[str]:
         return vlm.generate(sub, task.card.max_new_tokens)
@@ -468,9 +471,10 @@ def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     worst = run_schedule(vlm, batch, [task.attack_texts(s) for s in kept], clean, score(list(range(len(kept))), clean),
                          spec, generate, score, lambda label: AttackProgress(spec.steps, label))
     save_adversarial(run_dir, batch.ids, worst["pixels"])
-    for i, record in enumerate(records):
+    for i, (record, size) in enumerate(zip(records, perturbations(batch.pixels, worst["pixels"]))):
         record["adversarial"] = {"output": task.postprocess(worst["output"][i]), "raw_output": worst["output"][i],
-                                 "target": worst["text"][i], "attack": worst["by"][i], "runs": worst["runs"][i]}
+                                 "target": worst["text"][i], "attack": worst["by"][i], "runs": worst["runs"][i],
+                                 "perturbation": size}
 
 
 def in_batches(samples: list[Any], preprocess: Any, evaluate: Any, config: EvalConfig, run_dir: Path,
@@ -620,10 +624,12 @@ def full_config(config: EvalConfig, resolved: Resolved) -> dict[str, Any]:
 def write_outcome(run_dir: Path, config: EvalConfig, resolved: Resolved, records: list[dict],
                   skipped: list[dict], metrics: dict[str, float]) -> None:
     from vlm_eval.attacks.snapshot import clear_snapshot
+    from vlm_eval.semantic import semantic_summary
 
     results.replace_jsonl(run_dir / "samples.jsonl", records)  # now with scores
     results.write_jsonl(run_dir / "skipped.jsonl", skipped)
-    summary = results.summary(full_config(config, resolved), resolved.provenance, len(records), len(skipped), metrics)
+    summary = results.summary(full_config(config, resolved), resolved.provenance, len(records), len(skipped), metrics,
+                              semantic_summary(records))
     results.write_json(run_dir / "summary.json", summary)
     clear_snapshot(run_dir)
 
