@@ -62,7 +62,7 @@ def test_resume_refuses_finished_runs_other_folders_and_changed_data(sample, tmp
 def test_a_snapshot_is_read_only_by_a_resumed_run_of_the_same_attack_on_the_same_batch(tmp_path):
     import torch
 
-    from vlm_eval.attacks.snapshot import AttackSnapshot
+    from vlm_eval.attacks.snapshot import AttackSnapshot, clear_snapshot
     from vlm_eval.errors import VlmEvalError
 
     settings = {"name": "targeted", "eps": 4 / 255, "steps": 100}
@@ -79,3 +79,8 @@ def test_a_snapshot_is_read_only_by_a_resumed_run_of_the_same_attack_on_the_same
     assert offered(["c", "d"], settings) is None  # the snapshot of a batch that finished
     with pytest.raises(VlmEvalError, match="saved by another attack"):
         offered(["a", "b"], {**settings, "eps": 2 / 255})
+
+    half_written = tmp_path / "attack_state.safetensors.partial"  # what a kill during a save leaves
+    half_written.write_bytes(b"cut")
+    clear_snapshot(tmp_path)
+    assert not half_written.exists() and not (tmp_path / "attack_state.safetensors").exists()

@@ -18,7 +18,7 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 SCHEMA_VERSION = 1
 PACKAGES = ("vlm-robust-eval", "torch", "transformers", "open_clip_torch", "pycocoevalcap", "accelerate")
@@ -34,11 +34,19 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def partial_path(path: Path) -> Path:
+    """Where `swap_in` writes before swapping (left behind only by a kill in the middle of a write)."""
+    return path.with_name(path.name + ".partial")
+
+
+def swap_in(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a new version of `path` next to it, then swap it in: a crash keeps the old one whole."""
+    write(partial_path(path))
+    os.replace(partial_path(path), path)
+
+
 def replace_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Write a new version of a file next to it, then swap it in: a crash keeps the old one whole."""
-    partial = path.with_name(path.name + ".partial")
-    write_jsonl(partial, rows)
-    os.replace(partial, path)
+    swap_in(path, lambda partial: write_jsonl(partial, rows))
 
 
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:

@@ -428,7 +428,7 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     from vlm_eval.attacks.saved import SavedAdversarial, save_adversarial
     from vlm_eval.attacks.snapshot import AttackSnapshot
     from vlm_eval.attacks.vlm import attack_batch, target_hit
-    from vlm_eval.semantic import perturbations
+    from vlm_eval.metrics.similarity import perturbation_norms
     from vlm_eval.vlms.base import Batch
 
     references = [task.attack_texts(s)[0] for s in kept]
@@ -442,7 +442,7 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
         x_adv, losses, steps = result.x_adv, result.loss.tolist(), result.steps.tolist()
         save_adversarial(run_dir, batch.ids, x_adv)
     outputs = vlm.generate(Batch(batch.ids, x_adv, batch.prompts), task.card.max_new_tokens)
-    sizes = perturbations(batch.pixels, x_adv)
+    sizes = perturbation_norms(batch.pixels, x_adv)
     for record, text, raw, loss, ran, size in zip(records, texts, outputs, losses, steps, sizes):
         record["adversarial"] = {"output": task.postprocess(raw), "raw_output": raw, "target": text,
                                  "loss": loss, "steps": ran, "attack": attack.name, "perturbation": size}
@@ -456,7 +456,7 @@ def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     from vlm_eval.attacks.ensemble import run_schedule
     from vlm_eval.attacks.saved import save_adversarial
     from vlm_eval.attacks.snapshot import AttackProgress
-    from vlm_eval.semantic import perturbations
+    from vlm_eval.metrics.similarity import perturbation_norms
 
     def generate(sub: Any) -> list[str]:
         return vlm.generate(sub, task.card.max_new_tokens)
@@ -471,7 +471,7 @@ def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     worst = run_schedule(vlm, batch, [task.attack_texts(s) for s in kept], clean, score(list(range(len(kept))), clean),
                          spec, generate, score, lambda label: AttackProgress(spec.steps, label))
     save_adversarial(run_dir, batch.ids, worst["pixels"])
-    for i, (record, size) in enumerate(zip(records, perturbations(batch.pixels, worst["pixels"]))):
+    for i, (record, size) in enumerate(zip(records, perturbation_norms(batch.pixels, worst["pixels"]))):
         record["adversarial"] = {"output": task.postprocess(worst["output"][i]), "raw_output": worst["output"][i],
                                  "target": worst["text"][i], "attack": worst["by"][i], "runs": worst["runs"][i],
                                  "perturbation": size}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from vlm_eval.errors import VlmEvalError
+from vlm_eval.results import partial_path, swap_in
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +86,15 @@ class AttackSnapshot(AttackProgress):
             self.last_save = time.monotonic()
 
     def save(self, state: dict[str, torch.Tensor]) -> None:
-        """Write to a temporary file first, so a kill while writing leaves the last good snapshot."""
+        """Swapped in whole, so a kill while writing leaves the last good snapshot."""
         from safetensors.torch import save_file
 
-        partial = self.path.with_suffix(".partial")
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(partial),
-                  metadata={"ids": json.dumps(self.ids), "settings": self.settings})
-        os.replace(partial, self.path)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        metadata = {"ids": json.dumps(self.ids), "settings": self.settings}
+        swap_in(self.path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
 
 
 def clear_snapshot(run_dir: Path) -> None:
     """Remove the attack state (and a half-written one): nothing is left to resume."""
-    for path in (Path(run_dir) / STATE_FILE, (Path(run_dir) / STATE_FILE).with_suffix(".partial")):
+    for path in (Path(run_dir) / STATE_FILE, partial_path(Path(run_dir) / STATE_FILE)):
         path.unlink(missing_ok=True)

@@ -37,7 +37,7 @@ class AttackSpec:
     steps: int
     target: str | None = None  # the string a targeted attack wants the VLM to say
     options: dict[str, Any] = field(default_factory=dict)
-    check_every: int = 0  # targeted: every this many steps, samples whose best image makes the VLM say the target stop
+    check_every: int = 0  # targeted: every N steps, samples whose best image makes the VLM say the target stop
 
     @classmethod
     def parse(cls, name: str, eps: str, norm: str, steps: int, target: str | None = None,

@@ -10,12 +10,12 @@ import statistics
 import torch
 
 
-def perturbation_norms(clean: torch.Tensor, adversarial: torch.Tensor) -> dict[str, list[float]]:
-    """Per sample, the l-inf and l2 size of `adversarial - clean`, both (B, ...) in [0, 1] pixels."""
+def perturbation_norms(clean: torch.Tensor, adversarial: torch.Tensor) -> list[dict[str, float]]:
+    """Per sample {"linf": ..., "l2": ...}: the size of `adversarial - clean`, both (B, ...) in [0, 1] pixels."""
     if clean.shape != adversarial.shape:
         raise ValueError(f"clean {tuple(clean.shape)} and adversarial {tuple(adversarial.shape)} images differ in shape")
-    delta = (adversarial.double() - clean.double()).flatten(1)
-    return {"linf": delta.abs().amax(1).tolist(), "l2": delta.norm(dim=1).tolist()}
+    delta = (adversarial.detach().cpu().double() - clean.detach().cpu().double()).flatten(1)
+    return [{"linf": linf, "l2": l2} for linf, l2 in zip(delta.abs().amax(1).tolist(), delta.norm(dim=1).tolist())]
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> list[float]:
