@@ -48,6 +48,10 @@ class VlmCard:
     description: str = ""
     build: dict[str, Any] | None = None  # architecture of a random-weight model (tests, demo)
     path: str | None = None  # a local transformers checkpoint folder, relative to the card (shipped models)
+    # The semantic checks' models for runs of this VLM (docs/semantic.md): an encoder card with a text
+    # tower, and a sentence-transformers hub id or folder ("reference": the reference CLIP's text tower).
+    reference_encoder: str = "openai"
+    sentence_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     aliases: tuple[str, ...] = ()
     card_path: str | None = None
 

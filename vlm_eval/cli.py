@@ -6,6 +6,9 @@ Examples:
     python -m vlm_eval --encoder mini-clip --task mini-zeroshot      (zero-shot classification, no VLM)
     python -m vlm_eval list
     python -m vlm_eval resume RUN_DIR                                 (finish an interrupted run)
+    python -m vlm_eval report RUN_DIR [RUN_DIR ...]                   (HTML report of runs, side by side)
+    python -m vlm_eval table RUN_DIR... --format latex                 (the papers' tables)
+    python -m vlm_eval plot RUN_DIR... --output-dir plots             (score vs eps, success rates, checks)
 """
 
 from __future__ import annotations
@@ -22,6 +25,27 @@ from vlm_eval.errors import VlmEvalError
 log = logging.getLogger("vlm_eval")
 
 
+def _report(argv: list[str]) -> int:
+    from vlm_eval.report import report_main
+
+    return report_main(argv)
+
+
+def _table(argv: list[str]) -> int:
+    from vlm_eval.tables import table_main
+
+    return table_main(argv)
+
+
+def _plot(argv: list[str]) -> int:
+    from vlm_eval.plots import plot_main
+
+    return plot_main(argv)
+
+
+REPORTING = {"report": _report, "table": _table, "plot": _plot}  # commands that read finished run folders
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 2 user error, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -30,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             return list_command(argv[1:])
         if argv[:1] == ["resume"]:
             return resume_command(argv[1:])
+        if argv[:1] and argv[0] in REPORTING:
+            return REPORTING[argv[0]](argv[1:])
         return eval_command(argv)
     except VlmEvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -96,6 +122,15 @@ def eval_parser() -> argparse.ArgumentParser:
                         help="evaluate the adversarial images a run with --attack saved (transfer, or re-scoring)")
     attack.add_argument("--quantize-8bit", action="store_true",
                         help="with --from-adversarial: round the images to 8 bits first, as saving a PNG would")
+    semantic = p.add_argument_group("semantic checks", "how attacked samples' images and outputs are compared "
+                                    "with the clean ones (docs/semantic.md)")
+    semantic.add_argument("--reference-encoder", metavar="ENCODER",
+                          help="a CLIP (encoder card with a text tower) that measures every run on one ruler: image "
+                          "cosines and CLIP scores; 'none' skips them (default: the VLM card's, openai for LLaVA)")
+    semantic.add_argument("--sentence-model", metavar="MODEL",
+                          help="sentence-transformers hub id or folder for the clean vs adversarial output "
+                          "similarity; 'reference': the reference CLIP's text tower; 'none' skips it "
+                          "(default: the VLM card's, sentence-transformers/all-MiniLM-L6-v2 for LLaVA)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -111,7 +146,8 @@ def eval_command(argv: list[str]) -> int:
         vqa_normalize=args.vqa_normalize, postprocess=args.postprocess, encoder_arch=args.encoder_arch,
         attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps, target=args.target,
         check_every=args.check_every, schedule=args.schedule, from_adversarial=args.from_adversarial,
-        quantize_8bit=args.quantize_8bit,
+        quantize_8bit=args.quantize_8bit, reference_encoder=args.reference_encoder,
+        sentence_model=args.sentence_model,
     )
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked

@@ -40,6 +40,8 @@ class EvalConfig:
     schedule: str | None = None  # --attack ensemble: a schedule file (default schedules/<task type>.yaml)
     from_adversarial: str | None = None  # evaluate the adversarial images a run with --attack saved, instead of attacking
     quantize_8bit: bool = False  # round those images to 8 bits first, as a PNG would
+    reference_encoder: str | None = None  # semantic checks' reference CLIP (None: the VLM card's; "none": skip)
+    sentence_model: str | None = None  # semantic checks' sentence model (None: the VLM card's; "none": skip)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

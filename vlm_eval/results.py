@@ -56,6 +56,34 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
         f.flush()
 
 
+def read_summary(run_dir: Path) -> dict:
+    """The summary.json of a finished run; a clear error for anything else."""
+    from vlm_eval.errors import VlmEvalError
+
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        hint = " (an interrupted run: finish it with python -m vlm_eval resume)" if (Path(run_dir) / "config.json").is_file() else ""
+        raise VlmEvalError(f"{run_dir} is not a finished run folder: no summary.json{hint}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise VlmEvalError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); the run folder is damaged") from None
+
+
+def read_samples(run_dir: Path) -> list[dict]:
+    """The per-sample records of a finished run's samples.jsonl."""
+    from vlm_eval.errors import VlmEvalError
+
+    path = Path(run_dir) / "samples.jsonl"
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise VlmEvalError(f"{path}, line {number}: not JSON; the run folder is damaged") from None
+    return records
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:

@@ -44,6 +44,8 @@ class Resolved:
     precision: str
     run_dir: Path
     attack: Any | None = None  # AttackSpec, EnsembleSpec or SavedAdversarial; None for a clean run
+    reference_card: Any | None = None  # the semantic checks' reference CLIP; None: those checks are skipped
+    sentence_model: str | None = None  # hub id, folder or "reference" (its text tower); None: skipped
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,10 +71,11 @@ def run(config: EvalConfig, resume: bool = False) -> Path:
     if isinstance(resolved.attack, SavedAdversarial):  # every saved image there before any work
         resolved.attack.check([s.id for s in samples])
     vlm = load_vlm(config, resolved)
+    judge = load_judge(config, resolved, vlm) if resolved.attack is not None else None
 
     run_dir, finished = open_run_dir(config, resolved, samples, resume)
     records, skipped = generate_all(vlm, resolved.task, samples, config, run_dir, resolved.attack,
-                                    {r["id"] for r in finished}, resume)
+                                    {r["id"] for r in finished}, resume, judge)
     metrics = score_records(resolved.task, finished + records, resolved.attack)
     write_outcome(run_dir, config, resolved, finished + records, skipped, metrics)
     return run_dir
@@ -169,7 +172,25 @@ def resolve(config: EvalConfig) -> Resolved:
             raise VlmEvalError("--attack ensemble keeps fp32 weights and runs its half-precision attacks under "
                                "autocast: drop --precision or use fp32")
         precision = "fp32"
-    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config, zeroshot), attack)
+    reference_card, sentence_model = resolve_semantic(config, vlm_card) if attack is not None else (None, None)
+    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config, zeroshot), attack,
+                    reference_card, sentence_model)
+
+
+def resolve_semantic(config: EvalConfig, vlm_card: Any) -> tuple[Any | None, str | None]:
+    """The reference encoder's card and the sentence model of the semantic checks, by default the VLM
+    card's; "none" skips the checks that need them."""
+    from vlm_eval.encoders.openclip_family import encoder_card_from_spec
+
+    reference = config.reference_encoder or vlm_card.reference_encoder
+    sentences = config.sentence_model or vlm_card.sentence_model
+    card = None
+    if reference != "none":
+        card = encoder_card_from_spec(reference, arch=config.encoder_arch) or cards.load_card("encoders", reference)
+    if sentences == "reference" and card is None:
+        raise VlmEvalError("--sentence-model reference embeds outputs with the reference encoder's text tower, "
+                           "but --reference-encoder is none: name a reference encoder or a sentence model")
+    return card, None if sentences == "none" else sentences
 
 
 def resolve_attack(config: EvalConfig, zeroshot: bool, task_type: str) -> Any | None:
@@ -251,6 +272,7 @@ def resolve_device(name: str) -> str:
 def preflight(config: EvalConfig, resolved: Resolved, resume: bool = False) -> dict[str, Path]:
     """The task's data files; raises one error listing every missing resource (data, Java, weights)."""
     from vlm_eval.encoders.openclip_family import resolve_checkpoint
+    from vlm_eval.encoders.sentence import sentence_model_status
     from vlm_eval.encoders.text import tokenizer_file
     from vlm_eval.listing import vlm_status
     from vlm_eval.tasks.data import check_task_data, prepare_generated_data
@@ -276,6 +298,14 @@ def preflight(config: EvalConfig, resolved: Resolved, resume: bool = False) -> d
         present, where = vlm_status(resolved.vlm_card)
         if not present and not config.allow_download:
             problems.append(f"weights of VLM {resolved.vlm_card.name!r} not found: {where} (or rerun with --allow-download)")
+    if resolved.reference_card is not None:
+        attempt(lambda: resolve_checkpoint(resolved.reference_card, _path(config.weights_dir), config.allow_download))
+        attempt(lambda: tokenizer_file(resolved.reference_card))
+    if resolved.sentence_model not in (None, "reference") and not config.allow_download:
+        present, where = sentence_model_status(resolved.sentence_model)
+        if not present:
+            problems.append(f"sentence model {resolved.sentence_model!r} of the semantic checks: {where} "
+                            "(or rerun with --allow-download, or skip it with --sentence-model none)")
     if problems:
         raise MissingResourceError("\n\n".join(problems))
     if generated:
@@ -314,6 +344,29 @@ def load_vlm(config: EvalConfig, resolved: Resolved) -> Any:
     vlm = load(resolved.vlm_card, encoder, dtype=dtype, device=resolved.device, allow_download=config.allow_download)
     resolved.provenance.update(provenance(resolved, encoder, vlm))
     return vlm
+
+
+def load_judge(config: EvalConfig, resolved: Resolved, vlm: Any) -> Any:
+    """The models of the semantic checks: the VLM's own tower, the reference CLIP, the sentence model."""
+    from vlm_eval.encoders.sentence import load_sentence_model
+    from vlm_eval.semantic import KEEP_CLIP_SCORE, THRESHOLDS, ReferenceClip, SemanticJudge
+
+    reference, loaded = None, None
+    if resolved.reference_card is not None:
+        reference, loaded = ReferenceClip.load(resolved.reference_card, _path(config.weights_dir),
+                                               config.allow_download, resolved.device)
+    embed_texts = None
+    if resolved.sentence_model == "reference":
+        embed_texts = reference.embed_texts
+    elif resolved.sentence_model is not None:
+        embed_texts = load_sentence_model(resolved.sentence_model, resolved.device, config.allow_download)
+    resolved.provenance["semantic"] = {
+        "reference_encoder": loaded and {"name": loaded.card.name, "checkpoint": loaded.checkpoint, "sha256": loaded.sha256},
+        "sentence_model": resolved.sentence_model,
+        "thresholds": THRESHOLDS,
+        "keep_clip_score": KEEP_CLIP_SCORE,
+    }
+    return SemanticJudge(vlm.image_embeddings, reference, embed_texts)
 
 
 def provenance(resolved: Resolved, encoder: Any | None, vlm: Any) -> dict[str, Any]:
@@ -397,10 +450,11 @@ def classify_all(classifier: Any, resolved: Resolved, samples: list[Any], classe
 
 
 def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, run_dir: Path,
-                 attack: Any | None = None, finished: Collection[Any] = (),
-                 resuming: bool = False) -> tuple[list[dict], list[dict]]:
+                 attack: Any | None = None, finished: Collection[Any] = (), resuming: bool = False,
+                 judge: Any | None = None) -> tuple[list[dict], list[dict]]:
     """Generate for every sample not `finished`, in batches (and, with an attack, again on the attacked
-    images), appending each batch's records to samples.jsonl. `resuming`: an interrupted attack goes on."""
+    images, judged by the semantic checks' `judge`), appending each batch's records to samples.jsonl.
+    `resuming`: an interrupted attack goes on."""
     from vlm_eval.data import preprocess_image
     from vlm_eval.vlms.base import Batch
 
@@ -412,9 +466,10 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
         records = [sample_record(s, raw, task.postprocess(raw)) for s, raw in zip(kept, outputs)]
         if attack is not None:
             if attack.name == "ensemble":
-                add_ensemble_outputs(vlm, task, batch, kept, records, attack, run_dir, all_refs)
+                x_adv = add_ensemble_outputs(vlm, task, batch, kept, records, attack, run_dir, all_refs)
             else:
-                add_attacked_outputs(vlm, task, batch, kept, records, attack, run_dir, resuming)
+                x_adv = add_attacked_outputs(vlm, task, batch, kept, records, attack, run_dir, resuming)
+            add_semantic_checks(records, batch.pixels, x_adv, judge, attack.targeted)
         return records
 
     desc = "generating" if attack is None else f"generating, {attack.name}"
@@ -423,12 +478,12 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
 
 
 def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], attack: Any,
-                         run_dir: Path, resuming: bool) -> None:
-    """Attack the batch (away from each sample's reference, or towards the target) and record what the VLM says then."""
+                         run_dir: Path, resuming: bool) -> Any:
+    """Attack the batch (away from each sample's reference, or towards the target) and record what the VLM
+    says then; returns the adversarial images."""
     from vlm_eval.attacks.saved import SavedAdversarial, save_adversarial
     from vlm_eval.attacks.snapshot import AttackSnapshot
     from vlm_eval.attacks.vlm import attack_batch, target_hit
-    from vlm_eval.metrics.similarity import perturbation_norms
     from vlm_eval.vlms.base import Batch
 
     references = [task.attack_texts(s)[0] for s in kept]
@@ -442,21 +497,21 @@ def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
         x_adv, losses, steps = result.x_adv, result.loss.tolist(), result.steps.tolist()
         save_adversarial(run_dir, batch.ids, x_adv)
     outputs = vlm.generate(Batch(batch.ids, x_adv, batch.prompts), task.card.max_new_tokens)
-    sizes = perturbation_norms(batch.pixels, x_adv)
-    for record, text, raw, loss, ran, size in zip(records, texts, outputs, losses, steps, sizes):
+    for record, text, raw, loss, ran in zip(records, texts, outputs, losses, steps):
         record["adversarial"] = {"output": task.postprocess(raw), "raw_output": raw, "target": text,
-                                 "loss": loss, "steps": ran, "attack": attack.name, "perturbation": size}
+                                 "loss": loss, "steps": ran, "attack": attack.name}
         if attack.targeted:  # success is judged on the raw output: post-processing may cut the target
             record["adversarial"]["target_in_output"], record["adversarial"]["exact_match"] = target_hit(raw, text)
+    return x_adv
 
 
 def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], spec: Any,
-                         run_dir: Path, all_refs: dict[str, list[str]]) -> None:
-    """Run the ensemble schedule on the batch; each record gets its worst output and the run that made it."""
+                         run_dir: Path, all_refs: dict[str, list[str]]) -> Any:
+    """Run the ensemble schedule on the batch; each record gets its worst output and the run that made it.
+    Returns the worst-case images."""
     from vlm_eval.attacks.ensemble import run_schedule
     from vlm_eval.attacks.saved import save_adversarial
     from vlm_eval.attacks.snapshot import AttackProgress
-    from vlm_eval.metrics.similarity import perturbation_norms
 
     def generate(sub: Any) -> list[str]:
         return vlm.generate(sub, task.card.max_new_tokens)
@@ -471,10 +526,21 @@ def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     worst = run_schedule(vlm, batch, [task.attack_texts(s) for s in kept], clean, score(list(range(len(kept))), clean),
                          spec, generate, score, lambda label: AttackProgress(spec.steps, label))
     save_adversarial(run_dir, batch.ids, worst["pixels"])
-    for i, (record, size) in enumerate(zip(records, perturbation_norms(batch.pixels, worst["pixels"]))):
+    for i, record in enumerate(records):
         record["adversarial"] = {"output": task.postprocess(worst["output"][i]), "raw_output": worst["output"][i],
-                                 "target": worst["text"][i], "attack": worst["by"][i], "runs": worst["runs"][i],
-                                 "perturbation": size}
+                                 "target": worst["text"][i], "attack": worst["by"][i], "runs": worst["runs"][i]}
+    return worst["pixels"]
+
+
+def add_semantic_checks(records: list[dict], clean: Any, adversarial: Any, judge: Any | None, targeted: bool) -> None:
+    """Each attacked record gets its perturbation's size and the `judge`'s semantic checks (vlm_eval.semantic)."""
+    from vlm_eval.metrics.similarity import perturbation_norms
+
+    outputs = [[r["raw_output"] for r in records], [r["adversarial"]["raw_output"] for r in records]]
+    targets = [r["adversarial"]["target"] for r in records] if targeted else None
+    checks = judge.check(clean, adversarial, *outputs, targets) if judge is not None else [{}] * len(records)
+    for record, size, check in zip(records, perturbation_norms(clean, adversarial), checks):
+        record["adversarial"].update(perturbation=size, semantic=check)
 
 
 def in_batches(samples: list[Any], preprocess: Any, evaluate: Any, config: EvalConfig, run_dir: Path,

@@ -32,4 +32,6 @@ class VLM(Protocol):
 
     def loss_closure(self, batch: Batch, targets: list[str]) -> LossFn: ...
 
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (B, D), for the semantic checks
+
     def describe(self) -> dict: ...

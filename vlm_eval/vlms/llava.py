@@ -66,6 +66,12 @@ class LlavaAdapter:
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(pixels.shape[-2:])}")
         return ((pixels.to(self.device) - self._mean) / self._std).to(self.dtype)
 
+    @torch.no_grad()
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, D) float32: the vision tower's pooled embedding of each image (its class token after the
+        final layer norm), the evaluated encoder's own view of the image."""
+        return self.model.model.vision_tower(self.normalize(pixels)).pooler_output.float().cpu()
+
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of a prompt, its single `<image>` expanded to one id per image token."""
         ids = self.tokenizer(prompt).input_ids

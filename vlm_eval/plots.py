@@ -1,0 +1,159 @@
+"""`python -m vlm_eval plot`: figures of finished runs, from the same run collection as the tables.
+
+score_vs_eps: the score against eps (clean at 0) per (VLM, encoder), one panel per task.
+targeted_success: the targeted attack's success rate per encoder and eps, as bars.
+semantic_distributions: per attacked run, histograms of how far the attack moved each image and how much of
+its meaning survived. Matplotlib's object API on the Agg canvas: no pyplot, no display, no global state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from vlm_eval.results import read_samples
+from vlm_eval.tables import Run, Table, build_tables, collect
+
+SEMANTIC_FIELDS = {  # panel title -> where the per-sample value sits in record["adversarial"]
+    "perturbation linf": ("perturbation", "linf"),
+    "perturbation l2": ("perturbation", "l2"),
+    "image cosine": ("semantic", "image_cosine"),
+    "image cosine to reference": ("semantic", "image_cosine_reference"),
+    "output similarity": ("semantic", "output_similarity"),
+    "CLIP score": ("semantic", "clip_score"),
+}
+METADATA = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}  # no timestamps: same runs, same bytes
+
+
+def panels(count: int, width: float = 5.0, height: float = 3.8, per_line: int = 3) -> tuple[Figure, list[Axes]]:
+    """A figure with `count` panels, at most `per_line` side by side."""
+    columns = min(count, per_line)
+    lines = math.ceil(count / columns)
+    figure = Figure(figsize=(width * columns, height * lines), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, [figure.add_subplot(lines, columns, number + 1) for number in range(count)]
+
+
+def score_figure(tables: list[Table]) -> Figure | None:
+    """One line per (VLM, encoder): clean at eps 0, then the robust score at each eps."""
+    scores = [table for table in tables if table.kind == "score"]
+    if not scores:
+        return None
+    figure, axes = panels(len(scores))
+    for ax, table in zip(axes, scores):
+        for row, cells in table.rows.items():
+            points = [(column.eps, value) for column, value in zip(table.columns, cells) if value is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=" + ".join(row))
+        ax.set_xticks([column.eps for column in table.columns], [column.header for column in table.columns])
+        ax.set(title=table.title, xlabel="eps", ylabel=table.quantity)
+        ax.set_ylim(bottom=0)
+        _legend(ax)
+    return figure
+
+
+def targeted_figure(tables: list[Table]) -> Figure | None:
+    """Grouped bars: per (target, eps) one bar per (VLM, encoder); None without targeted runs."""
+    targeted = [table for table in tables if table.kind == "targeted"]
+    if not targeted:
+        return None
+    figure, axes = panels(len(targeted), width=6.0)
+    for ax, table in zip(axes, targeted):
+        width = 0.8 / len(table.rows)
+        for number, (row, cells) in enumerate(table.rows.items()):
+            bars = [(place - 0.4 + (number + 0.5) * width, value)
+                    for place, value in enumerate(cells) if value is not None]
+            if bars:
+                ax.bar(*zip(*bars), width=width, label=" + ".join(row))
+        ax.set_xticks(range(len(table.columns)), [column.header for column in table.columns])
+        ax.set(title=table.title, ylabel=table.quantity, ylim=(0, 100))
+        _legend(ax)
+    return figure
+
+
+def semantic_values(run: Run) -> dict[str, list[float]]:
+    """Per SEMANTIC_FIELDS panel, the finite values of the run's attacked records (absent fields left out)."""
+    values: dict[str, list[float]] = {}
+    for record in read_samples(run.path):
+        adversarial = record.get("adversarial") or {}
+        for name, (group, key) in SEMANTIC_FIELDS.items():
+            value = (adversarial.get(group) or {}).get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                values.setdefault(name, []).append(float(value))
+    return values
+
+
+def semantic_figure(runs: list[Run]) -> Figure | None:
+    """One panel per measured field, one histogram per attacked run; None when no run measured any."""
+    measured = [(run, semantic_values(run)) for run in runs if run.attack is not None]
+    present = [name for name in SEMANTIC_FIELDS if any(name in values for _, values in measured)]
+    if not present:
+        return None
+    figure, axes = panels(len(present), width=4.5)
+    for ax, name in zip(axes, present):
+        for run, values in measured:
+            if name in values:
+                ax.hist(values[name], bins=20, histtype="stepfilled", alpha=0.5, label=run_label(run))
+        ax.set(title=name, xlabel=name, ylabel="samples")
+        _legend(ax)
+    return figure
+
+
+def run_label(run: Run) -> str:
+    return f"{' + '.join(run.row)}, {run.attack_text}"
+
+
+def _legend(ax: Axes) -> None:
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize="small")
+
+
+def save_figure(figure: Figure, stem: Path, formats: Iterable[str]) -> list[Path]:
+    """`stem`.png, .svg, ...: reproducible bytes (fixed SVG ids, no dates) so reruns diff cleanly."""
+    paths = []
+    with matplotlib.rc_context({"svg.hashsalt": "vlm_eval"}):
+        for fmt in formats:
+            path = stem.with_name(f"{stem.name}.{fmt}")
+            figure.savefig(path, format=fmt, metadata=METADATA[fmt])
+            paths.append(path)
+    return paths
+
+
+def plot_runs(paths: Iterable[Path], output_dir: Path, formats: Iterable[str] = ("png", "svg")) -> list[Path]:
+    """Write the figures of the runs in `paths` (run folders or folders holding them); the files written."""
+    runs = collect(paths)
+    tables = build_tables(runs)
+    figures = {"score_vs_eps": score_figure(tables), "targeted_success": targeted_figure(tables),
+               "semantic_distributions": semantic_figure(runs)}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return [path for name, figure in figures.items() if figure is not None
+            for path in save_figure(figure, output_dir / name, formats)]
+
+
+def _formats(text: str) -> list[str]:
+    formats = [fmt.strip().lower() for fmt in text.split(",") if fmt.strip()]
+    if not formats or any(fmt not in METADATA for fmt in formats):
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(METADATA)}, comma-separated; got {text!r}")
+    return formats
+
+
+def plot_main(argv: list[str]) -> int:
+    """`python -m vlm_eval plot RUN_DIR... --output-dir DIR`: write the figures, print their paths."""
+    p = argparse.ArgumentParser(prog="python -m vlm_eval plot",
+                                description="Figures of finished runs: score against eps, targeted success "
+                                "rates, distributions of the semantic-preservation checks.")
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path,
+                   help="a run folder, or a folder holding run folders (searched recursively)")
+    p.add_argument("--output-dir", type=Path, required=True, help="folder for the figures (created if missing)")
+    p.add_argument("--formats", type=_formats, default=["png", "svg"], help="comma-separated: png, svg, pdf")
+    args = p.parse_args(argv)
+    for path in plot_runs(args.run_dirs, args.output_dir, args.formats):
+        print(path)
+    return 0

@@ -1,0 +1,301 @@
+"""`python -m vlm_eval table`: the papers' tables, from finished run folders (nothing is rerun).
+
+Per task, one row per (VLM, encoder) (per encoder for zero-shot): the clean score, then per eps the robust
+score (per sample the worse of clean and attacked, as the papers report it). Targeted runs get their own
+table: the success rate per (target, eps). Markdown, CSV or LaTeX (booktabs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from vlm_eval.errors import VlmEvalError
+from vlm_eval.results import read_summary
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = {"cider": "CIDEr", "vqa_accuracy": "VQA accuracy", "accuracy": "accuracy"}  # the tasks' main metrics
+SUCCESS_RATE = "target success rate (%)"
+LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the tables and plots need from one finished run folder."""
+
+    path: Path
+    task: str
+    vlm: str | None  # None: zero-shot classification, the encoder alone
+    encoder: str  # "native": LLaVA's own vision tower
+    metric: str
+    metrics: dict[str, float | None]
+    attack: dict[str, Any] | None  # None: a clean run
+    n_samples: int | None
+    random_weights: bool
+
+    @property
+    def row(self) -> tuple[str, ...]:
+        return (self.encoder,) if self.vlm is None else (self.vlm, self.encoder)
+
+    @property
+    def row_names(self) -> tuple[str, ...]:
+        return ("encoder",) if self.vlm is None else ("VLM", "encoder")
+
+    @property
+    def targeted(self) -> bool:
+        return self.attack is not None and self.attack.get("name") == "targeted"
+
+    @property
+    def untargeted(self) -> bool:
+        return self.attack is not None and self.attack.get("name") != "targeted"
+
+    @property
+    def source(self) -> str:
+        """For notes: which folder, on how many samples (runs on different subsets disagree)."""
+        return f"{self.path.name}, {self.n_samples} samples"
+
+    @property
+    def attack_text(self) -> str:
+        """E.g. "apgd 4/255" or "pgd l2 0.5": which attack, how strong."""
+        if self.attack is None:
+            return "clean"
+        norm = "" if self.attack.get("norm", "linf") == "linf" else f" {self.attack['norm']}"
+        return f"{self.attack.get('name')}{norm} {_eps_text(self.attack)}"
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    eps: float  # 0 for the clean column: the x position in plots
+
+
+@dataclass
+class Table:
+    title: str
+    kind: str  # "score" or "targeted"
+    quantity: str  # what the cells hold, e.g. "CIDEr"
+    row_names: tuple[str, ...]
+    columns: list[Column]
+    rows: dict[tuple[str, ...], list[float | None]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def header(self) -> list[str]:
+        return [*self.row_names, *(column.header for column in self.columns)]
+
+
+def find_run_dirs(path: Path) -> list[Path]:
+    """[path] for a run folder; for a folder that holds runs, the finished ones below it (sorted)."""
+    if not path.exists():
+        raise VlmEvalError(f"{path} does not exist; give run folders or a folder that holds them")
+    if (path / "summary.json").is_file() or (path / "config.json").is_file() or not path.is_dir():
+        return [path]  # a run, finished or not: read_summary says what is wrong with an unfinished one
+    for config in sorted(path.rglob("config.json")):
+        if not (config.parent / "summary.json").is_file():
+            log.warning("skipping %s: an unfinished run (finish it with python -m vlm_eval resume)", config.parent)
+    runs = sorted(summary.parent for summary in path.rglob("summary.json"))
+    if not runs:
+        raise VlmEvalError(f"{path} is not a run folder and holds none (no summary.json in it or below); "
+                           "give the folders of finished runs")
+    return runs
+
+
+def read_run(run_dir: Path) -> Run:
+    summary = read_summary(run_dir)
+    try:
+        resolved, metrics = summary["config"]["resolved"], summary["metrics"]
+        metric = next(name for name in METRIC_NAMES if name in metrics)
+        run = Run(path=Path(run_dir), task=resolved["task_card"], vlm=resolved["vlm_card"],
+                  encoder=resolved["encoder_card"] or "native", metric=metric, metrics=metrics,
+                  attack=resolved.get("attack"), n_samples=summary.get("n_samples"),
+                  random_weights=bool(summary.get("provenance", {}).get("random_weights")))
+        if run.attack is not None:
+            _threat(run)  # every attack has a norm and an eps: a summary without one fails here, by name
+        return run
+    except StopIteration:
+        raise VlmEvalError(f"{run_dir}/summary.json has none of the metrics {', '.join(METRIC_NAMES)}; "
+                           "tables cover captioning, VQA and zero-shot runs") from None
+    except (KeyError, TypeError) as exc:
+        raise VlmEvalError(f"{run_dir}/summary.json lacks {exc}: not written by this version of vlm_eval") from None
+
+
+def collect(paths: Iterable[Path]) -> list[Run]:
+    """The finished runs in `paths` (run folders or folders holding them), each once."""
+    run_dirs = [run_dir for path in paths for run_dir in find_run_dirs(Path(path))]
+    return [read_run(run_dir) for run_dir in dict.fromkeys(run_dirs)]
+
+
+def build_tables(runs: list[Run]) -> list[Table]:
+    """Per task (zero-shot apart): the score table, then the targeted table if it has targeted runs."""
+    tables = []
+    for group in _group(runs, lambda run: (run.task, run.vlm is None)).values():
+        tables.append(score_table(group))
+        if any(run.targeted for run in group):
+            tables.append(targeted_table([run for run in group if run.targeted]))
+    return tables
+
+
+def score_table(runs: list[Run]) -> Table:
+    """Clean, then the robust score per eps; several runs in one cell: the lowest (the strongest attack)."""
+    first, notes = runs[0], []
+    untargeted = [run for run in runs if run.untargeted]
+    keys, headers = sorted({_threat(run) for run in untargeted}), _threat_headers(untargeted)
+    robust = _cells(untargeted, keys, _threat, lambda run: run.metrics.get(f"{run.metric}_robust"), "lowest",
+                    headers, notes)
+    rows = {row: [_clean_value(members, notes), *robust.get(row, [None] * len(keys))]
+            for row, members in _group(runs, lambda run: run.row).items()}
+    columns = [Column("clean", 0.0)] + [Column(headers[key], key[1]) for key in keys]
+    name = METRIC_NAMES[first.metric]
+    title = f"{first.task}{' (zero-shot)' if first.vlm is None else ''}: {name}"
+    return Table(title, "score", name, first.row_names, columns, rows, notes + _random_note(runs))
+
+
+def targeted_table(runs: list[Run]) -> Table:
+    """Success rate per (target, eps); several runs in one cell: the highest (the strongest attack)."""
+    notes: list[str] = []
+    keys, eps_headers = sorted({_target_threat(run) for run in runs}), _threat_headers(runs)
+    headers = {key: f"{key[0]} {eps_headers[key[1:]]}" for key in keys}
+    rows = _cells(runs, keys, _target_threat, lambda run: run.metrics.get("target_success_rate"), "highest",
+                  headers, notes)
+    columns = [Column(headers[key], key[2]) for key in keys]
+    return Table(f"{runs[0].task}: targeted attack, {SUCCESS_RATE}", "targeted", SUCCESS_RATE,
+                 runs[0].row_names, columns, rows, notes + _random_note(runs))
+
+
+def _cells(runs: list[Run], keys: list[tuple], key_of: Callable[[Run], tuple], value_of: Callable[[Run], Any],
+           which: str, headers: dict[tuple, str], notes: list[str]) -> dict[tuple[str, ...], list[float | None]]:
+    """Per row, one value per column key: the `which` ("lowest" or "highest") of the runs in that cell."""
+    return {row: [_pick([(value_of(run), run) for run in members if key_of(run) == key], which,
+                        f"{' + '.join(row)}, {headers[key]}", notes) for key in keys]
+            for row, members in _group(runs, lambda run: run.row).items()}
+
+
+def _threat(run: Run) -> tuple[str, float]:
+    return run.attack.get("norm", "linf"), round(float(run.attack["eps"]), 9)
+
+
+def _target_threat(run: Run) -> tuple[str, str, float]:
+    return str(run.attack.get("target")), *_threat(run)
+
+
+def _eps_text(attack: dict) -> str:
+    return attack.get("eps_text") or f"{attack['eps']:g}"
+
+
+def _threat_headers(runs: list[Run]) -> dict[tuple[str, float], str]:
+    """Column headers: the eps as written ("4/255"), with the norm only when the runs mix norms."""
+    texts = {_threat(run): _eps_text(run.attack) for run in runs}
+    mixed = len({norm for norm, _ in texts}) > 1
+    return {key: f"{key[0]} {text}" if mixed else text for key, text in texts.items()}
+
+
+def _group(runs: list[Run], key: Callable[[Run], Any]) -> dict[Any, list[Run]]:
+    """The runs by `key`, in the order keys first appear."""
+    groups: dict[Any, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(key(run), []).append(run)
+    return groups
+
+
+def _pick(found: list[tuple[float | None, Run]], which: str, where: str, notes: list[str]) -> float | None:
+    """One value for a cell: the lowest or highest of the runs that fill it, with a note when several do."""
+    scored = [(value, run) for value, run in found if value is not None]
+    if len(scored) > 1:
+        each = "; ".join(f"{run.attack_text} {value:.1f} ({run.source})" for value, run in scored)
+        notes.append(f"{where}: the {which} of {len(scored)} runs ({each})")
+    values = [value for value, _ in scored]
+    return (min if which == "lowest" else max)(values) if values else None
+
+
+def _clean_value(runs: list[Run], notes: list[str]) -> float | None:
+    """The clean score: a clean run's if there is one, else the first attacked run's (they all carry it)."""
+    scored = [(run.metrics.get(run.metric), run) for run in runs]
+    scored = [(value, run) for value, run in scored if value is not None]
+    if not scored:
+        return None
+    value, source = sorted(scored, key=lambda pair: pair[1].attack is not None)[0]
+    if any(abs(other - value) > 1e-9 for other, _ in scored):
+        each = "; ".join(f"{other:.1f} ({run.source})" for other, run in scored)
+        notes.append(f"{' + '.join(source.row)}, clean: the runs disagree ({each}); shown: {source.path.name}")
+    return value
+
+
+def _random_note(runs: list[Run]) -> list[str]:
+    random = sorted({run.path.name for run in runs if run.random_weights})
+    return [f"random-weight models, meaningless scores: {', '.join(random)}"] if random else []
+
+
+def _cell(value: float | None, missing: str = "–") -> str:
+    return missing if value is None else f"{value:.1f}"
+
+
+def render_markdown(tables: list[Table]) -> str:
+    blocks = []
+    for table in tables:
+        lines = [f"### {table.title}", "", _md_row(table.header),
+                 _md_row(["---"] * len(table.row_names) + ["---:"] * len(table.columns))]
+        lines += [_md_row([*row, *map(_cell, cells)]) for row, cells in table.rows.items()]
+        blocks.append("\n".join(lines + [""] * bool(table.notes) + [f"- {note}" for note in table.notes]))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _md_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |"
+
+
+def render_csv(tables: list[Table]) -> str:
+    """One block per table (its own header row, each row naming its table), blocks apart by an empty line."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for number, table in enumerate(tables):
+        writer.writerows([[]] * bool(number) + [["table", *table.header]])
+        writer.writerows([table.title, *row, *(_cell(v, "") for v in cells)] for row, cells in table.rows.items())
+    return out.getvalue()
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def render_latex(tables: list[Table]) -> str:
+    """booktabs tabulars; the title and notes as comments, for the caption the paper writes itself."""
+    blocks = []
+    for table in tables:
+        spec = "l" * len(table.row_names) + "r" * len(table.columns)
+        lines = [f"% {table.title}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule", _tex_row(table.header), r"\midrule"]
+        lines += [_tex_row([*row, *(_cell(v, "--") for v in cells)]) for row, cells in table.rows.items()]
+        blocks.append("\n".join(lines + [r"\bottomrule", r"\end{tabular}"] + [f"% {note}" for note in table.notes]))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _tex_row(cells: Iterable[str]) -> str:
+    return " & ".join(map(latex_escape, cells)) + r" \\"
+
+
+RENDERERS = {"markdown": render_markdown, "csv": render_csv, "latex": render_latex}
+
+
+def table_main(argv: list[str]) -> int:
+    """`python -m vlm_eval table RUN_DIR...`: print (or write) the tables of finished runs."""
+    p = argparse.ArgumentParser(prog="python -m vlm_eval table",
+                                description="The papers' tables (clean and robust score per eps; targeted "
+                                "success rates) from finished run folders.")
+    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path,
+                   help="a run folder, or a folder holding run folders (searched recursively)")
+    p.add_argument("--format", choices=list(RENDERERS), default="markdown")
+    p.add_argument("--output", type=Path, help="write to this file instead of printing")
+    args = p.parse_args(argv)
+    text = RENDERERS[args.format](build_tables(collect(args.run_dirs)))
+    if args.output is None:
+        print(text, end="")
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    return 0
