@@ -85,9 +85,9 @@ def test_targeted_bars_are_the_success_rates(runs_root):
 
 def test_semantic_histograms_have_a_panel_per_present_field_and_count_every_finite_value(runs_root):
     figure = semantic_figure(collect([runs_root]))
-    assert [ax.get_title() for ax in figure.axes] == ["perturbation linf", "perturbation l2", "image cosine"]
+    assert [ax.get_title() for ax in figure.axes] == ["perturbation linf (x 1/255)", "perturbation l2", "image cosine"]
     linf, l2, cosine = figure.axes
-    robust, native = "llava + robust-clip, targeted 2/255", "llava + native, targeted 4/255"
+    robust, native = "llava + robust-clip, coco, targeted 2/255", "llava + native, coco, targeted 4/255"
     assert bin_counts(linf, robust) == bin_counts(l2, robust) and sum(bin_counts(linf, robust)) == 3
     assert sum(bin_counts(linf, native)) == 2
     assert sum(bin_counts(cosine, robust)) == 2 and [p.get_label() for p in cosine.patches] == [robust]  # NaN left out
@@ -106,8 +106,10 @@ def test_semantic_values_keep_finite_numbers_of_the_known_fields(tmp_path):
                {"semantic": {"output_similarity": 0.25, "describes_image": False, "unknown": 3.0}}]
     write_run(tmp_path / "run", "enc", {"cider": 1.0, "cider_robust": 0.5}, apgd(4), records)
     [run] = collect([tmp_path / "run"])
-    assert semantic_values(run) == {"perturbation linf": [0.01, 0.02], "perturbation l2": [0.04],
-                                    "image cosine": [0.5], "output similarity": [0.25]}
+    values = semantic_values(run)
+    assert list(values) == ["perturbation linf (x 1/255)", "perturbation l2", "image cosine", "output similarity"]
+    assert values["perturbation linf (x 1/255)"] == pytest.approx([2.55, 5.1])  # in units of 1/255
+    assert [values["perturbation l2"], values["image cosine"], values["output similarity"]] == [[0.04], [0.5], [0.25]]
 
 
 def test_figures_without_their_data_are_skipped(untargeted_root, tmp_path):

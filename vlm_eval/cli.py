@@ -171,8 +171,10 @@ def summary_table(run_dir: Path) -> str:
         f"task        {config['resolved']['task_card']}   samples {summary['n_samples']}   skipped {summary['n_skipped']}",
         f"model       {_model_line(config['resolved'])}   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
     ]
-    width = max(13, *(len(name) + 1 for name in summary["metrics"]))
+    width = max(13, *(len(name) + 1 for name in [*summary["metrics"], *summary.get("semantic", {})]))
     lines += [f"{name:<{width}} {_metric(value)}" for name, value in summary["metrics"].items()]
+    for name, stats in summary.get("semantic", {}).items():  # docs/semantic.md
+        lines.append(f"{name:<{width}} " + "   ".join(f"{k} {v:.4g}" for k, v in stats.items() if v is not None))
     if prov["random_weights"]:
         lines.append("NOTE: random-weight models: these scores are meaningless; they only show the pipeline runs.")
     return "\n".join(lines)

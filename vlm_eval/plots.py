@@ -21,14 +21,15 @@ from matplotlib.figure import Figure
 from vlm_eval.results import read_samples
 from vlm_eval.tables import Run, Table, build_tables, collect
 
-SEMANTIC_FIELDS = {  # panel title -> where the per-sample value sits in record["adversarial"]
-    "perturbation linf": ("perturbation", "linf"),
-    "perturbation l2": ("perturbation", "l2"),
-    "image cosine": ("semantic", "image_cosine"),
-    "image cosine to reference": ("semantic", "image_cosine_reference"),
-    "output similarity": ("semantic", "output_similarity"),
-    "CLIP score": ("semantic", "clip_score"),
+SEMANTIC_FIELDS = {  # panel title -> where the per-sample value sits in record["adversarial"], and its scale
+    "perturbation linf (x 1/255)": ("perturbation", "linf", 255.0),
+    "perturbation l2": ("perturbation", "l2", 1.0),
+    "image cosine": ("semantic", "image_cosine", 1.0),
+    "image cosine to reference": ("semantic", "image_cosine_reference", 1.0),
+    "output similarity": ("semantic", "output_similarity", 1.0),
+    "CLIP score": ("semantic", "clip_score", 1.0),
 }
+BINS = 20
 METADATA = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}  # no timestamps: same runs, same bytes
 
 
@@ -83,10 +84,10 @@ def semantic_values(run: Run) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {}
     for record in read_samples(run.path):
         adversarial = record.get("adversarial") or {}
-        for name, (group, key) in SEMANTIC_FIELDS.items():
+        for name, (group, key, scale) in SEMANTIC_FIELDS.items():
             value = (adversarial.get(group) or {}).get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                values.setdefault(name, []).append(float(value))
+                values.setdefault(name, []).append(scale * float(value))
     return values
 
 
@@ -98,16 +99,25 @@ def semantic_figure(runs: list[Run]) -> Figure | None:
         return None
     figure, axes = panels(len(present), width=4.5)
     for ax, name in zip(axes, present):
+        edges = shared_bins([v for _, values in measured for v in values.get(name, [])])
         for run, values in measured:
             if name in values:
-                ax.hist(values[name], bins=20, histtype="stepfilled", alpha=0.5, label=run_label(run))
+                ax.hist(values[name], bins=edges, histtype="stepfilled", alpha=0.5, label=run_label(run))
         ax.set(title=name, xlabel=name, ylabel="samples")
         _legend(ax)
     return figure
 
 
+def shared_bins(values: list[float]) -> list[float]:
+    """BINS equal bins over every run's values, so that the runs' histograms line up."""
+    low, high = min(values), max(values)
+    if high - low < 1e-9:  # one value (e.g. every l-inf size at eps): one bin around it
+        low, high = low - 0.5, high + 0.5
+    return [low + (high - low) * i / BINS for i in range(BINS + 1)]
+
+
 def run_label(run: Run) -> str:
-    return f"{' + '.join(run.row)}, {run.attack_text}"
+    return f"{' + '.join(run.row)}, {run.task}, {run.attack_text}"
 
 
 def _legend(ax: Axes) -> None:
