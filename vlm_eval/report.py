@@ -28,7 +28,9 @@ JPEG_QUALITY = 90
 
 
 @dataclass
-class Run:
+class RunFolder:
+    """A finished run as the report reads it: its summary and its records."""
+
     folder: Path
     summary: dict[str, Any]
     records: dict[str, dict[str, Any]]  # by sample id, in the run's order
@@ -76,11 +78,11 @@ class SampleView:
     search: str = ""
 
 
-def load_run(folder: Path) -> Run:
+def load_run(folder: Path) -> RunFolder:
     summary = results.read_summary(folder)
     if summary["config"]["resolved"]["vlm_card"] is None:
         raise VlmEvalError(f"{folder} is a zero-shot classification run: reports cover captioning and VQA runs")
-    return Run(Path(folder), summary, {r["id"]: r for r in results.read_samples(folder)})
+    return RunFolder(Path(folder), summary, {r["id"]: r for r in results.read_samples(folder)})
 
 
 def attack_text(attack: dict[str, Any] | None) -> str:
@@ -92,7 +94,7 @@ def attack_text(attack: dict[str, Any] | None) -> str:
     return f"{attack['name']} {attack['norm']} eps {attack['eps_text']}, {attack['steps']} steps{target}"
 
 
-def run_meta(run: Run) -> list[tuple[str, str]]:
+def run_meta(run: RunFolder) -> list[tuple[str, str]]:
     s, prov = run.summary, run.summary["provenance"]
     rows = [("folder", str(run.folder)), ("samples", f"{s['n_samples']} ({s['n_skipped']} skipped)"),
             ("model", f"{prov['resolution']} px, {prov['precision']}, {prov['device']}"),
@@ -106,7 +108,7 @@ def run_meta(run: Run) -> list[tuple[str, str]]:
 def fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, int):  # bools too
         return str(value)
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -152,7 +154,7 @@ def clean_pixels(record: dict[str, Any], size: int) -> Any | None:
         return None
 
 
-def adversarial_pixels(run: Run, sample_id: str) -> Any | None:
+def adversarial_pixels(run: RunFolder, sample_id: str) -> Any | None:
     """The saved adversarial image (a --from-adversarial run reads its source's), or None."""
     from safetensors.torch import load_file
 
@@ -164,7 +166,7 @@ def adversarial_pixels(run: Run, sample_id: str) -> Any | None:
     return load_file(str(path))["pixels"] if path.is_file() else None
 
 
-def cell_for(run: Run, record: dict[str, Any]) -> Cell:
+def cell_for(run: RunFolder, record: dict[str, Any]) -> Cell:
     cell = Cell(output=record["raw_output"], score=fmt(record.get("score")))
     adversarial = record.get("adversarial")
     if adversarial is None:
@@ -196,7 +198,7 @@ def perturbation_view(delta: Any) -> tuple[str | None, str]:
     return image_data_uri(0.5 + gain * delta), f"perturbation x{gain:.0f}"
 
 
-def sample_view(sample_id: str, runs: list[Run]) -> SampleView:
+def sample_view(sample_id: str, runs: list[RunFolder]) -> SampleView:
     first = next(run.records[sample_id] for run in runs if sample_id in run.records)
     size = runs[0].summary["provenance"]["resolution"]
     clean = clean_pixels(first, size)
@@ -222,7 +224,7 @@ def drop_of(record: dict[str, Any]) -> float:
     return score - attacked if score is not None and attacked is not None else 0.0
 
 
-def ordered_ids(runs: list[Run], max_samples: int) -> tuple[list[str], int]:
+def ordered_ids(runs: list[RunFolder], max_samples: int) -> tuple[list[str], int]:
     """(the ids to show: the largest drops first, at most `max_samples` (0: all); how many there are)."""
     ids = list(dict.fromkeys(i for run in runs for i in run.records))
     drops = {i: max((drop_of(r.records[i]) for r in runs if i in r.records and "adversarial" in r.records[i]),
@@ -231,7 +233,7 @@ def ordered_ids(runs: list[Run], max_samples: int) -> tuple[list[str], int]:
     return (ranked[:max_samples] if max_samples else ranked), len(ids)
 
 
-def render(runs: list[Run], max_samples: int = DEFAULT_MAX_SAMPLES) -> str:
+def render(runs: list[RunFolder], max_samples: int = DEFAULT_MAX_SAMPLES) -> str:
     """The report page of `runs` as HTML."""
     import jinja2
     from tqdm import tqdm
@@ -247,7 +249,7 @@ def render(runs: list[Run], max_samples: int = DEFAULT_MAX_SAMPLES) -> str:
     return env.get_template("report.html.j2").render(title=title, runs=views, samples=samples, shown_note=shown)
 
 
-def random_warning(run: Run) -> str:
+def random_warning(run: RunFolder) -> str:
     if run.summary["provenance"].get("random_weights"):
         return "Random-weight models: these outputs and scores are meaningless; they only show the pipeline."
     return ""

@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from vlm_eval.errors import VlmEvalError
+
 SCHEMA_VERSION = 1
 PACKAGES = ("vlm-robust-eval", "torch", "transformers", "open_clip_torch", "pycocoevalcap", "accelerate")
 
@@ -58,8 +60,6 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 def read_summary(run_dir: Path) -> dict:
     """The summary.json of a finished run; a clear error for anything else."""
-    from vlm_eval.errors import VlmEvalError
-
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         hint = " (an interrupted run: finish it with python -m vlm_eval resume)" if (Path(run_dir) / "config.json").is_file() else ""
@@ -72,8 +72,6 @@ def read_summary(run_dir: Path) -> dict:
 
 def read_samples(run_dir: Path) -> list[dict]:
     """The per-sample records of a finished run's samples.jsonl."""
-    from vlm_eval.errors import VlmEvalError
-
     path = Path(run_dir) / "samples.jsonl"
     records = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
