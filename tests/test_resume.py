@@ -84,3 +84,25 @@ def test_a_snapshot_is_read_only_by_a_resumed_run_of_the_same_attack_on_the_same
     half_written.write_bytes(b"cut")
     clear_snapshot(tmp_path)
     assert not half_written.exists() and not (tmp_path / "attack_state.safetensors").exists()
+
+
+def test_resume_keeps_the_semantic_models_the_run_started_with(sample, tmp_path, monkeypatch):
+    import dataclasses
+
+    from vlm_eval import cards
+
+    run = tmp_path / "run"
+    assert main([*_args(sample, "mini-coco", run), "--attack", "pgd", "--steps", "1"]) == 0
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert (resolved["reference_encoder"], resolved["sentence_model"]) == ("mini-clip", "reference")  # the card's
+
+    # Killed after the first batch; meanwhile the VLM card's default changed.
+    (run / "summary.json").unlink()
+    (run / "samples.jsonl").write_text("".join(f"{line}\n" for line in (run / "samples.jsonl").read_text().splitlines()[:4]))
+    load_card = cards.load_card
+    monkeypatch.setattr(cards, "load_card", lambda kind, name: dataclasses.replace(load_card(kind, name), sentence_model="none")
+                        if kind == "vlms" else load_card(kind, name))
+    assert main(["resume", str(run)]) == 0
+    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 12 and all("output_similarity" in r["adversarial"]["semantic"] for r in records)
+    assert json.loads((run / "summary.json").read_text())["provenance"]["semantic"]["sentence_model"] == "reference"

@@ -64,18 +64,22 @@ def test_identical_images_and_outputs_score_one_and_the_rest_their_known_cosines
 
 def test_clip_scores_and_whether_the_output_still_describes_the_image():
     judge = SemanticJudge(reference=WordClip())
-    image = torch.zeros(4, 3, 2, 2)
-    clean, adversarial = ["red cross"] * 4, ["red cross url", "url", "red url url", "blue"]
+    image = torch.zeros(6, 3, 2, 2)
+    clean = ["red cross"] * 5 + ["blue"]
+    adversarial = ["red cross url", "url", "red url url", "blue", "url red cross url url", ""]
     untargeted = judge.check(image, image, clean, adversarial)
-    assert [c["clip_score_clean"] for c in untargeted] == pytest.approx([100.0] * 4)
-    # cos((1,1,0,0), (1,1,1,0)) = 2/(sqrt2 sqrt3); (0,0,1,0): 0; (1,0,2,0): 1/(sqrt2 sqrt5); blue: 0
-    expected = [200 / math.sqrt(6), 0.0, 100 / math.sqrt(10), 0.0]
+    assert [c["clip_score_clean"] for c in untargeted] == pytest.approx([100.0] * 5 + [0.0])
+    # cos((1,1,0,0), (1,1,1,0)) = 2/(sqrt2 sqrt3); (0,0,1,0): 0; (1,0,2,0): 1/(sqrt2 sqrt5); blue: 0;
+    # (1,1,3,0): 2/(sqrt2 sqrt11); the empty text: 0
+    expected = [200 / math.sqrt(6), 0.0, 100 / math.sqrt(10), 0.0, 200 / math.sqrt(22), 0.0]
     assert [c["clip_score"] for c in untargeted] == pytest.approx(expected)
-    assert [c["describes_image"] for c in untargeted] == [True, False, False, False]  # 81.6 keeps >= 80
+    # 81.6 keeps >= 80 of 100; the empty output keeps the clean 0 yet describes nothing
+    assert [c["describes_image"] for c in untargeted] == [True, False, False, False, False, False]
     assert untargeted[0]["image_cosine_reference"] == pytest.approx(1.0)
-    targeted = judge.check(image, image, clean, adversarial, targets=["url"] * 4)
+    targeted = judge.check(image, image, clean, adversarial, targets=["url"] * 6)
     assert [c["clip_score"] for c in targeted] == pytest.approx(expected)  # the whole output, target included
-    assert [c["describes_image"] for c in targeted] == [True, False, False, False]  # "red cross"; nothing; "red"
+    # judged without the target: "red cross"; nothing; "red"; "blue"; "red cross"; nothing
+    assert [c["describes_image"] for c in targeted] == [True, False, False, False, True, False]
 
 
 def test_the_target_is_cut_out_in_any_case_with_its_punctuation():

@@ -184,6 +184,15 @@ def test_summaries_that_the_tables_cannot_read_are_errors_naming_the_run(tmp_pat
         collect([tmp_path / "no-eps"])
 
 
+def test_transfer_runs_are_left_out_with_a_warning(runs_root, caplog):
+    transfer = {"name": "from-adversarial", "source": str(runs_root / "coco/a-apgd4"), "quantize_8bit": False}
+    write_run(runs_root / "coco/b-transfer", encoder="enc_b", attack=transfer, metrics={"cider": 99.0, "cider_robust": 1.0})
+    with caplog.at_level(logging.WARNING):
+        runs = collect([runs_root])
+    assert "b-transfer" not in {run.path.name for run in runs} and len(runs) == len(RUNS)
+    assert "a transfer run (--from-adversarial) is not part of the tables" in caplog.text
+
+
 def test_a_folder_without_runs_is_an_error_naming_it(tmp_path):
     (tmp_path / "notes").mkdir()
     with pytest.raises(VlmEvalError, match="notes.* holds none"):

@@ -23,7 +23,7 @@ from vlm_eval.errors import VlmEvalError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_SAMPLES = 100  # images make a page heavy: ~65 kB per sample and run
+DEFAULT_MAX_SAMPLES = 100  # images make a page heavy: ~110 kB per sample and run
 JPEG_QUALITY = 90
 
 
@@ -100,6 +100,10 @@ def run_meta(run: RunFolder) -> list[tuple[str, str]]:
             ("model", f"{prov['resolution']} px, {prov['precision']}, {prov['device']}"),
             ("git revision", str(prov.get("git_revision")))]
     rows += [(name, fmt(value)) for name, value in s["metrics"].items()]
+    judges = prov.get("semantic")
+    if judges:
+        reference = (judges["reference_encoder"] or {}).get("name", "none")
+        rows.append(("semantic models", f"reference encoder {reference}, sentence model {judges['sentence_model']}"))
     for name, stats in s.get("semantic", {}).items():
         rows.append((name, ", ".join(f"{k} {fmt(v, 1 if k.startswith('share') else 4)}" for k, v in stats.items())))
     return rows
@@ -155,15 +159,19 @@ def clean_pixels(record: dict[str, Any], size: int) -> Any | None:
 
 
 def adversarial_pixels(run: RunFolder, sample_id: str) -> Any | None:
-    """The saved adversarial image (a --from-adversarial run reads its source's), or None."""
+    """The adversarial image as evaluated, or None: a --from-adversarial run reads its source's (rounded
+    to 8 bits if it did so)."""
     from safetensors.torch import load_file
 
-    from vlm_eval.attacks.saved import adversarial_file
+    from vlm_eval.attacks.saved import adversarial_file, quantize_8bit
 
     attack = run.resolved["attack"] or {}
-    folder = Path(attack["source"]) if attack.get("name") == "from-adversarial" else run.folder
-    path = adversarial_file(folder, sample_id)
-    return load_file(str(path))["pixels"] if path.is_file() else None
+    transfer = attack.get("name") == "from-adversarial"
+    path = adversarial_file(Path(attack["source"]) if transfer else run.folder, sample_id)
+    if not path.is_file():
+        return None
+    pixels = load_file(str(path))["pixels"]
+    return quantize_8bit(pixels) if transfer and attack.get("quantize_8bit") else pixels
 
 
 def cell_for(run: RunFolder, record: dict[str, Any]) -> Cell:

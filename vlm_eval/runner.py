@@ -95,8 +95,8 @@ def run_zeroshot(config: EvalConfig, resolved: Resolved, files: dict[str, Path],
 
 
 def resume(run_dir: Path) -> Path:
-    """Finish an interrupted run with the settings in its config.json, on the device and in the precision
-    it started with (so that its samples are not evaluated two ways)."""
+    """Finish an interrupted run with the settings in its config.json, on the device, in the precision and
+    with the semantic checks' models it started with (so that its samples are not evaluated two ways)."""
     import os
     from dataclasses import fields
 
@@ -106,6 +106,7 @@ def resume(run_dir: Path) -> Path:
     saved = json.loads(path.read_text())
     given = {f.name: saved[f.name] for f in fields(EvalConfig) if f.name in saved}
     pinned = {key: saved["resolved"][key] for key in ("device", "precision")}
+    pinned |= {key: saved["resolved"][key] for key in ("reference_encoder", "sentence_model") if key in saved["resolved"]}
     config = EvalConfig(**{**given, **pinned, "output_dir": str(run_dir)})
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -182,15 +183,19 @@ def resolve_semantic(config: EvalConfig, vlm_card: Any) -> tuple[Any | None, str
     card's; "none" skips the checks that need them."""
     from vlm_eval.encoders.openclip_family import encoder_card_from_spec
 
-    reference = config.reference_encoder or vlm_card.reference_encoder
-    sentences = config.sentence_model or vlm_card.sentence_model
+    reference, sentences = semantic_models(config, vlm_card)
     card = None
-    if reference != "none":
-        card = encoder_card_from_spec(reference, arch=config.encoder_arch) or cards.load_card("encoders", reference)
+    if reference != "none":  # a checkpoint path is a ViT-L/14 (--encoder-arch is the evaluated encoder's)
+        card = encoder_card_from_spec(reference) or cards.load_card("encoders", reference)
     if sentences == "reference" and card is None:
         raise VlmEvalError("--sentence-model reference embeds outputs with the reference encoder's text tower, "
                            "but --reference-encoder is none: name a reference encoder or a sentence model")
     return card, None if sentences == "none" else sentences
+
+
+def semantic_models(config: EvalConfig, vlm_card: Any) -> tuple[str, str]:
+    """(reference encoder, sentence model) as given, else the VLM card's."""
+    return config.reference_encoder or vlm_card.reference_encoder, config.sentence_model or vlm_card.sentence_model
 
 
 def resolve_attack(config: EvalConfig, zeroshot: bool, task_type: str) -> Any | None:
@@ -538,7 +543,7 @@ def add_semantic_checks(records: list[dict], clean: Any, adversarial: Any, judge
 
     outputs = [[r["raw_output"] for r in records], [r["adversarial"]["raw_output"] for r in records]]
     targets = [r["adversarial"]["target"] for r in records] if targeted else None
-    checks = judge.check(clean, adversarial, *outputs, targets) if judge is not None else [{}] * len(records)
+    checks = judge.check(clean, adversarial, *outputs, targets) if judge is not None else [{} for _ in records]
     for record, size, check in zip(records, perturbation_norms(clean, adversarial), checks):
         record["adversarial"].update(perturbation=size, semantic=check)
 
@@ -679,12 +684,21 @@ def full_config(config: EvalConfig, resolved: Resolved) -> dict[str, Any]:
         "device": resolved.device,
         "precision": resolved.precision,
         "attack": resolved.attack.describe() if resolved.attack else None,
+        **semantic_names(config, resolved),
         **resolved.task.options(),
     }
     given = config.to_dict()
     if resolved.zeroshot:
         given["vlm"] = None  # ignored: a zero-shot run loads no VLM
     return {**given, "resolved": resolved_names}
+
+
+def semantic_names(config: EvalConfig, resolved: Resolved) -> dict[str, str]:
+    """The semantic checks' models of an attacked run, which `resume` keeps (the VLM card may change)."""
+    if resolved.attack is None:
+        return {}
+    reference, sentences = semantic_models(config, resolved.vlm_card)
+    return {"reference_encoder": reference, "sentence_model": sentences}
 
 
 def write_outcome(run_dir: Path, config: EvalConfig, resolved: Resolved, records: list[dict],

@@ -17,6 +17,7 @@ documented THRESHOLDS; for `describes_image`, the share of samples it holds for.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,15 +101,16 @@ class SemanticJudge:
             return [100.0 * c for c in cosine(image, self.reference.embed_texts(texts))]
 
         clean_scores, scores = clip_scores(clean_outputs), clip_scores(adversarial_outputs)
-        judged = scores
-        if targets is not None:  # judge what is left besides the target; nothing left describes nothing
-            rests = [cut_target(o, t) for o, t in zip(adversarial_outputs, targets)]
-            judged = [s if rest else float("-inf") for s, rest in zip(clip_scores(rests), rests)]
+        judged, judged_scores = adversarial_outputs, scores
+        if targets is not None:  # judge what is left besides the target
+            judged = [cut_target(o, t) for o, t in zip(adversarial_outputs, targets)]
+            judged_scores = clip_scores(judged)
         return {
             "image_cosine_reference": cosine(image, self.reference.embed_images(adversarial)),
             "clip_score_clean": clean_scores,
             "clip_score": scores,
-            "describes_image": [keeps_clip_score(s, c) for s, c in zip(judged, clean_scores)],
+            "describes_image": [bool(text.strip()) and keeps_clip_score(s, c)  # an empty output describes nothing
+                                for text, s, c in zip(judged, judged_scores, clean_scores)],
         }
 
 
@@ -131,7 +133,7 @@ def semantic_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float
     summary = {f"perturbation_{norm}": summarize([a["perturbation"][norm] for a in attacked]) for norm in ("linf", "l2")}
     checks = [a.get("semantic", {}) for a in attacked]
     for key in dict.fromkeys(k for c in checks for k in c):
-        values = [c[key] for c in checks if key in c]
+        values = [c[key] for c in checks if key in c and math.isfinite(c[key])]  # a NaN cosine: fp16 overflow
         if key == "describes_image":
             summary[key] = {"share": 100.0 * sum(values) / len(values)}
         else:

@@ -107,8 +107,12 @@ def find_run_dirs(path: Path) -> list[Path]:
     return runs
 
 
-def read_run(run_dir: Path) -> Run:
+def read_run(run_dir: Path) -> Run | None:
+    """The run's table entry; None (with a warning) for a transfer run, which has no eps of its own."""
     summary = read_summary(run_dir)
+    if ((summary.get("config", {}).get("resolved") or {}).get("attack") or {}).get("name") == "from-adversarial":
+        log.warning("skipping %s: a transfer run (--from-adversarial) is not part of the tables", run_dir)
+        return None
     try:
         resolved, metrics = summary["config"]["resolved"], summary["metrics"]
         metric = next(name for name in METRIC_NAMES if name in metrics)
@@ -127,9 +131,10 @@ def read_run(run_dir: Path) -> Run:
 
 
 def collect(paths: Iterable[Path]) -> list[Run]:
-    """The finished runs in `paths` (run folders or folders holding them), each once."""
+    """The finished runs in `paths` (run folders or folders holding them), each once; transfer runs
+    (--from-adversarial) are left out: the papers' tables hold white-box attacks."""
     run_dirs = [run_dir for path in paths for run_dir in find_run_dirs(Path(path))]
-    return [read_run(run_dir) for run_dir in dict.fromkeys(run_dirs)]
+    return [run for run in map(read_run, dict.fromkeys(run_dirs)) if run is not None]
 
 
 def build_tables(runs: list[Run]) -> list[Table]:
