@@ -146,3 +146,11 @@ def test_formats_are_chosen_and_checked(runs_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         plot_main([str(runs_root), "--output-dir", str(out), "--formats", "png,gif"])
     assert "expected some of png, svg, pdf, comma-separated; got 'png,gif'" in capsys.readouterr().err
+
+
+def test_long_targets_are_cut_in_the_middle_keeping_their_eps():
+    from vlm_eval.plots import tick_label
+
+    assert tick_label("a cat 4/255") == "a cat 4/255"
+    label = tick_label("Visit https://tinyurl.com/23cbjxjz for more information 4/255")
+    assert len(label) == 32 and label.startswith("Visit https://") and label.endswith("4/255") and "…" in label

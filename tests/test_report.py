@@ -112,3 +112,17 @@ def test_chromium_runs_the_page_script_and_never_the_hostile_one(runs, tmp_path)
 
     shot = Image.open(tmp_path / "shot.png").convert("RGB")
     assert shot.size == (1200, 1600) and len(shot.getcolors(1 << 24)) > 1000  # the images rendered, not a blank page
+
+
+def test_table_and_plot_commands_read_the_same_runs_through_the_cli(runs, tmp_path, capsys):
+    root = runs["apgd"].parent
+    assert main(["table", str(root), "--format", "csv"]) == 0
+    table = capsys.readouterr().out
+    apgd = json.loads((runs["apgd"] / "summary.json").read_text())["metrics"]
+    hostile = json.loads((runs["hostile"] / "summary.json").read_text())["metrics"]
+    assert f"mini-coco: CIDEr,mini-llava,mini-clip,{apgd['cider']:.1f},{apgd['cider_robust']:.1f}" in table
+    assert f",{hostile['target_success_rate']:.1f}" in table
+    assert main(["plot", str(root), "--output-dir", str(tmp_path / "figures")]) == 0
+    assert {p.name for p in (tmp_path / "figures").iterdir()} >= {"score_vs_eps.png", "semantic_distributions.svg"}
+    assert main(["table", str(tmp_path / "figures")]) == 2  # a folder without runs: an error, not a traceback
+    assert "holds none" in capsys.readouterr().err

@@ -69,8 +69,9 @@ def eval_parser() -> argparse.ArgumentParser:
     defaults = EvalConfig()
     p = argparse.ArgumentParser(
         prog="python -m vlm_eval",
-        description="Evaluate a VLM with a (robust) CLIP encoder swapped in. `python -m vlm_eval list` shows "
-        "the VLMs, encoders and tasks.",
+        description="Evaluate a VLM with a (robust) CLIP encoder swapped in. Other commands: `list` (the VLMs, "
+        "encoders and tasks), `resume RUN_DIR`, and for finished runs `report`, `table`, `plot` "
+        "(`python -m vlm_eval report --help`).",
     )
     p.add_argument("--vlm", default=defaults.vlm,
                    help="VLM card (default %(default)s); ignored by zero-shot classification tasks")

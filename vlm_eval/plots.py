@@ -73,10 +73,15 @@ def targeted_figure(tables: list[Table]) -> Figure | None:
                     for place, value in enumerate(cells) if value is not None]
             if bars:
                 ax.bar(*zip(*bars), width=width, label=" + ".join(row))
-        ax.set_xticks(range(len(table.columns)), [column.header for column in table.columns])
+        ax.set_xticks(range(len(table.columns)), [tick_label(column.header) for column in table.columns])
         ax.set(title=table.title, ylabel=table.quantity, ylim=(0, 100))
         _legend(ax)
     return figure
+
+
+def tick_label(header: str, width: int = 32) -> str:
+    """A long target (the presets are whole sentences) cut in the middle, keeping its eps at the end."""
+    return header if len(header) <= width else f"{header[:width - 12]}…{header[-11:]}"
 
 
 def semantic_values(run: Run) -> dict[str, list[float]]:

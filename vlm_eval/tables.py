@@ -252,7 +252,7 @@ def render_markdown(tables: list[Table]) -> str:
 
 
 def _md_row(cells: Iterable[str]) -> str:
-    return "| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |"
+    return "| " + " | ".join(" ".join(cell.split()).replace("|", r"\|") for cell in cells) + " |"  # one line per row
 
 
 def render_csv(tables: list[Table]) -> str:
