@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vlm_eval.plots import plot_main, plot_runs, score_figure, semantic_figure, semantic_values, targeted_figure
+from vlm_eval.cli import main
+
+from vlm_eval.plots import plot_runs, score_figure, semantic_figure, semantic_values, targeted_figure
 from vlm_eval.tables import build_tables, collect
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -121,7 +123,7 @@ def test_figures_without_their_data_are_skipped(untargeted_root, tmp_path):
 
 def test_the_command_writes_png_and_svg_and_prints_their_paths(runs_root, tmp_path, capsys):
     out = tmp_path / "figures"
-    assert plot_main([str(runs_root), "--output-dir", str(out)]) == 0
+    assert main(["plot", str(runs_root), "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out.split()
     stems = ("score_vs_eps", "targeted_success", "semantic_distributions")
     assert printed == [str(out / f"{stem}.{fmt}") for stem in stems for fmt in ("png", "svg")]
@@ -141,10 +143,10 @@ def test_figures_are_byte_for_byte_reproducible(runs_root, tmp_path):
 
 def test_formats_are_chosen_and_checked(runs_root, tmp_path, capsys):
     out = tmp_path / "figures"
-    assert plot_main([str(runs_root), "--output-dir", str(out), "--formats", "svg"]) == 0
+    assert main(["plot", str(runs_root), "--output-dir", str(out), "--formats", "svg"]) == 0
     assert sorted(path.suffix for path in out.iterdir()) == [".svg"] * 3
     with pytest.raises(SystemExit):
-        plot_main([str(runs_root), "--output-dir", str(out), "--formats", "png,gif"])
+        main(["plot", str(runs_root), "--output-dir", str(out), "--formats", "png,gif"])
     assert "expected some of png, svg, pdf, comma-separated; got 'png,gif'" in capsys.readouterr().err
 
 

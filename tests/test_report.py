@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 
 from vlm_eval.cli import main
 
@@ -22,7 +23,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     sample = shutil.copytree(ASSETS / "sample", root / "world")
     common = [*MINI, "--data-root", str(sample)]
     attacks = {"hostile": ["--attack", "targeted", "--target", HOSTILE, "--steps", "2"],
-               "apgd": ["--attack", "apgd", "--steps", "3"], "clean": []}
+               "apgd": ["--attack", "apgd", "--steps", "3"], "clean": [],
+               "transfer": ["--from-adversarial", str(root / "apgd"), "--quantize-8bit"]}
     for name, args in attacks.items():
         assert main([*common, "--output-dir", str(root / name), *args]) == 0
     return {name: root / name for name in attacks}
@@ -73,11 +75,35 @@ def test_samples_come_largest_drop_first_with_their_images_outputs_and_checks(ru
     assert drops == sorted(drops, reverse=True) and drops[0] > 0
     assert len(page.all("img")) == 3 * len(records)  # clean, adversarial, perturbation
     text = " ".join(page.text)
+    assert "reference encoder mini-clip, sentence model reference" in text  # the semantic checks' ruler
     for record in records.values():
         assert record["adversarial"]["raw_output"] in text and record["references"][0] in text
         assert f"image cos {record['adversarial']['semantic']['image_cosine']:.3f}" in text
         assert bool(int(next(s for s in samples if s["data-id"] == record["id"])["data-lost"])) == (
             not record["adversarial"]["semantic"]["describes_image"])
+
+
+def test_a_transfer_run_shows_the_images_it_evaluated(runs):
+    from vlm_eval.report import adversarial_pixels, load_run
+
+    transfer, source = load_run(runs["transfer"]), load_run(runs["apgd"])
+    for sample_id in transfer.records:
+        shown, saved = adversarial_pixels(transfer, sample_id), adversarial_pixels(source, sample_id)
+        assert torch.equal(shown, (saved * 255).round() / 255)  # rounded to 8 bits, as --quantize-8bit evaluated
+        assert not torch.equal(shown, saved)
+    assert main(["report", str(runs["transfer"])]) == 0
+    page = Elements((runs["transfer"] / "report.html").read_text())
+    assert len(page.all("img")) == 3 * len(transfer.records)  # its source's adversarial images, not "not saved"
+
+
+@pytest.mark.parametrize("line", [2, 4])  # a middle line, and the last (a finished run has no cut line)
+def test_a_damaged_run_folder_is_named_with_its_line(line, runs, tmp_path, capsys):
+    damaged = shutil.copytree(runs["apgd"], tmp_path / "damaged")
+    lines = (damaged / "samples.jsonl").read_text().splitlines()
+    lines[line - 1] = lines[line - 1][:20]
+    (damaged / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["report", str(damaged)]) == 2
+    assert f"{damaged / 'samples.jsonl'}, line {line}: not JSON; the run folder is damaged" in capsys.readouterr().err
 
 
 def test_a_comparison_shows_each_run_per_sample_and_limits_the_samples(runs, tmp_path, capsys):

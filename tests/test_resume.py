@@ -54,6 +54,10 @@ def test_resume_refuses_finished_runs_other_folders_and_changed_data(sample, tmp
     assert main(["resume", str(tmp_path)]) == 2
     assert "is not a run folder (no config.json)" in capsys.readouterr().err
     (run / "summary.json").unlink()
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    (run / "samples.jsonl").write_text("\n".join([lines[0], lines[1][:20], *lines[2:]]) + "\n")
+    assert main(["resume", str(run)]) == 2  # only a cut last line is an interruption's
+    assert f"{run / 'samples.jsonl'}, line 2: not JSON; the run folder is damaged" in capsys.readouterr().err
     (run / "subset_ids.txt").write_text("someone-else\n")
     assert main(["resume", str(run)]) == 2
     assert "the task's samples are not those the run started with" in capsys.readouterr().err

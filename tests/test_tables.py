@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from vlm_eval.cli import main
 from vlm_eval.errors import VlmEvalError
-from vlm_eval.tables import build_tables, collect, latex_escape, render_csv, render_latex, render_markdown, table_main
+from vlm_eval.tables import build_tables, collect, latex_escape, render_csv, render_latex, render_markdown
 
 EPS = {"2/255": 2 / 255, "4/255": 4 / 255}
 
@@ -219,9 +220,9 @@ def test_a_parent_folder_yields_its_nested_runs_sorted_and_skips_unfinished_ones
                                          ("csv", "coco: CIDEr,llava,enc_a,110.0,61.3,33.3"),
                                          ("latex", r"llava & enc\_a & 110.0 & 61.3 & 33.3 \\")])
 def test_the_command_prints_or_writes_each_format(runs_root, tmp_path, capsys, fmt, marker):
-    assert table_main([str(runs_root), "--format", fmt]) == 0
+    assert main(["table", str(runs_root), "--format", fmt]) == 0
     printed = capsys.readouterr().out
     assert marker in printed
     output = tmp_path / "out" / f"table.{fmt}"
-    assert table_main([str(runs_root / "coco"), str(runs_root / "tgt"), "--format", fmt, "--output", str(output)]) == 0
+    assert main(["table", str(runs_root / "coco"), str(runs_root / "tgt"), "--format", fmt, "--output", str(output)]) == 0
     assert marker in output.read_text() and capsys.readouterr().out == ""

@@ -25,25 +25,9 @@ from vlm_eval.errors import VlmEvalError
 log = logging.getLogger("vlm_eval")
 
 
-def _report(argv: list[str]) -> int:
-    from vlm_eval.report import report_main
-
-    return report_main(argv)
-
-
-def _table(argv: list[str]) -> int:
-    from vlm_eval.tables import table_main
-
-    return table_main(argv)
-
-
-def _plot(argv: list[str]) -> int:
-    from vlm_eval.plots import plot_main
-
-    return plot_main(argv)
-
-
-REPORTING = {"report": _report, "table": _table, "plot": _plot}  # commands that read finished run folders
+# Commands that read finished run folders: name -> module with a `main(argv)`, imported on use
+# (matplotlib and jinja2 stay out of evaluation runs).
+REPORTING = {"report": "vlm_eval.report", "table": "vlm_eval.tables", "plot": "vlm_eval.plots"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["resume"]:
             return resume_command(argv[1:])
         if argv[:1] and argv[0] in REPORTING:
-            return REPORTING[argv[0]](argv[1:])
+            from importlib import import_module
+
+            return import_module(REPORTING[argv[0]]).main(argv[1:])
         return eval_command(argv)
     except VlmEvalError as exc:
         print(f"error: {exc}", file=sys.stderr)

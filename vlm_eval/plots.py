@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from vlm_eval.results import read_samples
-from vlm_eval.tables import Run, Table, build_tables, collect
+from vlm_eval.tables import Run, Table, add_run_dirs_argument, build_tables, collect
 
 SEMANTIC_FIELDS = {  # panel title -> where the per-sample value sits in record["adversarial"], and its scale
     "perturbation linf (x 1/255)": ("perturbation", "linf", 255.0),
@@ -159,13 +159,12 @@ def _formats(text: str) -> list[str]:
     return formats
 
 
-def plot_main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     """`python -m vlm_eval plot RUN_DIR... --output-dir DIR`: write the figures, print their paths."""
     p = argparse.ArgumentParser(prog="python -m vlm_eval plot",
                                 description="Figures of finished runs: score against eps, targeted success "
                                 "rates, distributions of the semantic-preservation checks.")
-    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path,
-                   help="a run folder, or a folder holding run folders (searched recursively)")
+    add_run_dirs_argument(p)
     p.add_argument("--output-dir", type=Path, required=True, help="folder for the figures (created if missing)")
     p.add_argument("--formats", type=_formats, default=["png", "svg"], help="comma-separated: png, svg, pdf")
     args = p.parse_args(argv)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vlm_eval import results
 from vlm_eval.errors import VlmEvalError
@@ -174,7 +175,8 @@ def adversarial_pixels(run: RunFolder, sample_id: str) -> Any | None:
     return quantize_8bit(pixels) if transfer and attack.get("quantize_8bit") else pixels
 
 
-def cell_for(run: RunFolder, record: dict[str, Any]) -> Cell:
+def cell_for(run: RunFolder, record: dict[str, Any], clean_at: Callable[[int], Any]) -> Cell:
+    """One run's view of a sample; `clean_at(size)`: its clean image at that size (loaded once per sample)."""
     cell = Cell(output=record["raw_output"], score=fmt(record.get("score")))
     adversarial = record.get("adversarial")
     if adversarial is None:
@@ -191,7 +193,7 @@ def cell_for(run: RunFolder, record: dict[str, Any]) -> Cell:
     x_adv = adversarial_pixels(run, record["id"])
     if x_adv is not None:
         cell.adversarial_image = image_data_uri(x_adv)
-        clean = clean_pixels(record, x_adv.shape[-1])
+        clean = clean_at(x_adv.shape[-1])
         if clean is not None:
             cell.perturbation_image, cell.perturbation_caption = perturbation_view(x_adv - clean)
     return cell
@@ -207,15 +209,15 @@ def perturbation_view(delta: Any) -> tuple[str | None, str]:
 
 
 def sample_view(sample_id: str, runs: list[RunFolder]) -> SampleView:
-    first = next(run.records[sample_id] for run in runs if sample_id in run.records)
-    size = runs[0].summary["provenance"]["resolution"]
-    clean = clean_pixels(first, size)
+    run, first = next((run, run.records[sample_id]) for run in runs if sample_id in run.records)
+    clean_at = functools.cache(lambda size: clean_pixels(first, size))
+    clean = clean_at(run.summary["provenance"]["resolution"])
     view = SampleView(sample_id, first.get("question"), list(first.get("references", [])),
                       image_data_uri(clean) if clean is not None else None)
     texts = [sample_id, view.question or "", *view.references]
     for run in runs:
         record = run.records.get(sample_id)
-        view.cells.append(cell_for(run, record) if record else None)
+        view.cells.append(cell_for(run, record, clean_at) if record else None)
         if record and "adversarial" in record:
             adversarial = record["adversarial"]
             view.drop = max(view.drop, drop_of(record))
@@ -263,7 +265,7 @@ def random_warning(run: RunFolder) -> str:
     return ""
 
 
-def report_main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m vlm_eval report",
                                 description="Write a self-contained HTML report of one run, or of several "
                                 "side by side (e.g. encoders under the same attack).")

@@ -70,15 +70,27 @@ def read_summary(run_dir: Path) -> dict:
         raise VlmEvalError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); the run folder is damaged") from None
 
 
-def read_samples(run_dir: Path) -> list[dict]:
-    """The per-sample records of a finished run's samples.jsonl."""
-    path = Path(run_dir) / "samples.jsonl"
+def read_jsonl(path: Path) -> tuple[list[dict], bool]:
+    """(the records of a JSON-lines file, whether its last line is cut off as a kill mid-write leaves it);
+    a damaged line before the last is an error."""
+    lines = path.read_text().splitlines() if path.exists() else []
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            raise VlmEvalError(f"{path}, line {number}: not JSON; the run folder is damaged") from None
+            if number < len(lines):
+                raise VlmEvalError(f"{path}, line {number}: not JSON; the run folder is damaged") from None
+            return records, True
+    return records, False
+
+
+def read_samples(run_dir: Path) -> list[dict]:
+    """The per-sample records of a finished run's samples.jsonl."""
+    path = Path(run_dir) / "samples.jsonl"
+    records, cut = read_jsonl(path)
+    if cut:
+        raise VlmEvalError(f"{path}, line {len(records) + 1}: not JSON; the run folder is damaged")
     return records
 
 

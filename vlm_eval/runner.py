@@ -125,16 +125,11 @@ def finished_records(run_dir: Path, samples: list[Any]) -> list[dict]:
     if (run_dir / "subset_ids.txt").read_text().split() != [str(s.id) for s in samples]:
         raise VlmEvalError(f"{run_dir}: the task's samples are not those the run started with (subset_ids.txt): "
                            "its data changed; start a new run")
-    path, records = run_dir / "samples.jsonl", []
-    lines = path.read_text().splitlines() if path.exists() else []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise VlmEvalError(f"{path}, line {number}: not JSON; the run folder is damaged") from None
-            log.warning("dropping the last line of %s: the interruption cut it off", path)
-            results.replace_jsonl(path, records)  # so that new lines do not follow the cut one
+    path = run_dir / "samples.jsonl"
+    records, cut = results.read_jsonl(path)
+    if cut:
+        log.warning("dropping the last line of %s: the interruption cut it off", path)
+        results.replace_jsonl(path, records)  # so that new lines do not follow the cut one
     log.warning("resuming %s: %d of %d samples done", run_dir, len(records), len(samples))
     return records
 
@@ -537,13 +532,13 @@ def add_ensemble_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], recor
     return worst["pixels"]
 
 
-def add_semantic_checks(records: list[dict], clean: Any, adversarial: Any, judge: Any | None, targeted: bool) -> None:
+def add_semantic_checks(records: list[dict], clean: Any, adversarial: Any, judge: Any, targeted: bool) -> None:
     """Each attacked record gets its perturbation's size and the `judge`'s semantic checks (vlm_eval.semantic)."""
     from vlm_eval.metrics.similarity import perturbation_norms
 
     outputs = [[r["raw_output"] for r in records], [r["adversarial"]["raw_output"] for r in records]]
     targets = [r["adversarial"]["target"] for r in records] if targeted else None
-    checks = judge.check(clean, adversarial, *outputs, targets) if judge is not None else [{} for _ in records]
+    checks = judge.check(clean, adversarial, *outputs, targets)
     for record, size, check in zip(records, perturbation_norms(clean, adversarial), checks):
         record["adversarial"].update(perturbation=size, semantic=check)
 

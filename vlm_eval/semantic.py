@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from vlm_eval.data.images import CLIP_MEAN, CLIP_STD
+from vlm_eval.data.images import clip_normalize
 from vlm_eval.metrics.similarity import cosine, summarize
 
 THRESHOLDS = {"image_cosine": 0.8, "image_cosine_reference": 0.8, "output_similarity": 0.5}
@@ -40,8 +40,6 @@ class ReferenceClip:
     def __init__(self, model: torch.nn.Module, tokenize: Callable[[list[str]], torch.Tensor], image_size: int):
         self.model, self.tokenize, self.image_size = model.eval().requires_grad_(False), tokenize, image_size
         self.device = next(model.parameters()).device
-        self.mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
 
     @classmethod
     def load(cls, card: Any, weights_dir: Path | None, allow_download: bool, device: str) -> tuple[ReferenceClip, Any]:
@@ -59,7 +57,7 @@ class ReferenceClip:
         x = pixels.to(self.device, torch.float32)
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True).clamp(0, 1)
-        return F.normalize(self.model.encode_image((x - self.mean) / self.std).float(), dim=-1).cpu()
+        return F.normalize(self.model.encode_image(clip_normalize(x)).float(), dim=-1).cpu()
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

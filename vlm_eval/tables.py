@@ -110,7 +110,8 @@ def find_run_dirs(path: Path) -> list[Path]:
 def read_run(run_dir: Path) -> Run | None:
     """The run's table entry; None (with a warning) for a transfer run, which has no eps of its own."""
     summary = read_summary(run_dir)
-    if ((summary.get("config", {}).get("resolved") or {}).get("attack") or {}).get("name") == "from-adversarial":
+    attack = summary.get("config", {}).get("resolved", {}).get("attack") or {}
+    if attack.get("name") == "from-adversarial":
         log.warning("skipping %s: a transfer run (--from-adversarial) is not part of the tables", run_dir)
         return None
     try:
@@ -284,16 +285,21 @@ def _tex_row(cells: Iterable[str]) -> str:
     return " & ".join(map(latex_escape, cells)) + r" \\"
 
 
+def add_run_dirs_argument(parser: argparse.ArgumentParser) -> None:
+    """RUN_DIR..., as `collect` reads them (for `table` and `plot`)."""
+    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path,
+                        help="a run folder, or a folder holding run folders (searched recursively)")
+
+
 RENDERERS = {"markdown": render_markdown, "csv": render_csv, "latex": render_latex}
 
 
-def table_main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     """`python -m vlm_eval table RUN_DIR...`: print (or write) the tables of finished runs."""
     p = argparse.ArgumentParser(prog="python -m vlm_eval table",
                                 description="The papers' tables (clean and robust score per eps; targeted "
                                 "success rates) from finished run folders.")
-    p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path,
-                   help="a run folder, or a folder holding run folders (searched recursively)")
+    add_run_dirs_argument(p)
     p.add_argument("--format", choices=list(RENDERERS), default="markdown")
     p.add_argument("--output", type=Path, help="write to this file instead of printing")
     args = p.parse_args(argv)

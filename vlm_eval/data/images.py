@@ -35,6 +35,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_MEAN_RGB: tuple[int, int, int] = tuple(int(x * 255) for x in CLIP_MEAN)  # type: ignore[assignment]
 
 
+def clip_normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels (B, 3, H, W) -> CLIP's mean/std-normalised values, on their device and in their dtype."""
+    mean = torch.tensor(CLIP_MEAN, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
 def load_image(path: Path, sample_id: str) -> Image.Image:
     """Open an image and fully decode it as RGB.
 

@@ -20,9 +20,10 @@ EmbedTexts = Callable[[list[str]], torch.Tensor]  # texts -> (N, D) unit-norm fl
 def sentence_model_status(name: str) -> tuple[bool, str]:
     """Whether the model is present locally, and where (or how to get it); never touches the network."""
     path = Path(name).expanduser()
-    if path.exists() or name.startswith((".", "/", "~")):
-        return (True, str(path)) if (path / "config.json").is_file() or (path / "modules.json").is_file() \
-            else (False, f"{path} is not a sentence-transformers or transformers model folder (no config.json)")
+    if path.exists() or name.startswith((".", "/", "~")):  # a folder, not a hub id
+        if (path / "config.json").is_file() or (path / "modules.json").is_file():
+            return True, str(path)
+        return False, f"{path} is not a sentence-transformers or transformers model folder (no config.json)"
     from huggingface_hub import try_to_load_from_cache
 
     for filename in ("modules.json", "config.json"):
