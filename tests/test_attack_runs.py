@@ -200,18 +200,34 @@ def test_zero_shot_tasks_refuse_attacks_rather_than_ignore_them(sample, tmp_path
 
 
 def test_default_schedules_are_the_papers_protocol():
+    """RobustVLM's run_evaluation.py, run for run: the targeted VQA runs come last, in fp32, from the clean image."""
     from vlm_eval.attacks.ensemble import Schedule
     from vlm_eval.cards import card_dir
 
+    references = [f"apgd fp16 reference {k}" for k in range(5)]
     captioning = Schedule.load(card_dir("schedules") / "captioning.yaml")
-    assert captioning.stop_below == 10
-    assert [r.label for r in captioning.runs] == [f"apgd fp16 reference {k}" for k in range(5)] + [
-        "apgd fp32 best text from best"]
+    assert [r.label for r in captioning.runs] == [*references, "apgd fp32 best text from best"]
     vqa = Schedule.load(card_dir("schedules") / "vqa.yaml")
-    assert [r.target for r in vqa.runs if r.text == "target"] == ["maybe", "Word"] and len(vqa.runs) == 8
-    assert vqa.runs[-1].precision == "fp32" and vqa.runs[-1].start == "best"
+    assert [r.label for r in vqa.runs] == [*references, "apgd fp32 best text from best",
+                                           "apgd fp32 target 'maybe'", "apgd fp32 target 'Word'"]
     cpu = Schedule.load(card_dir("schedules") / "captioning-bf16.yaml")  # the same, with bf16 for CPUs
     assert [r.label.replace("bf16", "fp16") for r in cpu.runs] == [r.label for r in captioning.runs]
+    assert captioning.stop_below is vqa.stop_below is cpu.stop_below is None  # the task decides
+
+
+@pytest.mark.parametrize("task,stop_below", [("coco", 10), ("flickr30k", 2), ("mini-coco", 10), ("vqav2", 1),
+                                             ("okvqa", 1), ("textvqa", 1), ("vizwiz", 1), ("mini-vqa", 1)])
+def test_ensemble_thresholds_come_from_the_task(task, stop_below, tmp_path):
+    """RobustVLM stops attacking a sample under CIDEr 10 on COCO, 2 on Flickr30k, and at VQA accuracy 0."""
+    from vlm_eval.cards import load_card
+    from vlm_eval.config import EvalConfig
+    from vlm_eval.runner import ensemble_spec
+
+    card = load_card("tasks", task)
+    assert ensemble_spec(EvalConfig(attack="ensemble"), card).stop_below == stop_below
+    own = tmp_path / "own.yaml"
+    own.write_text("stop_below: 50\nruns:\n  - {attack: apgd}\n")
+    assert ensemble_spec(EvalConfig(attack="ensemble", schedule=str(own)), card).stop_below == 50
 
 
 SHORT_SCHEDULE = """
@@ -244,11 +260,32 @@ def test_ensemble_keeps_each_samples_worst_case_and_skips_broken_samples(sample,
                                              "apgd fp32 best text from best"][runs.index(min(tried))]
     assert skipped > 0
     assert summary["config"]["resolved"]["precision"] == "fp32"
-    assert summary["config"]["resolved"]["attack"]["schedule"]["stop_below"] == 150
+    assert summary["config"]["resolved"]["attack"]["stop_below"] == 150
+
+
+def test_the_ensembles_clean_pass_runs_in_its_first_runs_precision(sample, tmp_path, monkeypatch):
+    """The reference loads its model in fp16 for the clean pass and the fp16 runs alike."""
+    from vlm_eval.vlms.llava import LlavaAdapter
+
+    seen = []
+    generate = LlavaAdapter.generate
+
+    def spy(self, batch, max_new_tokens):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return generate(self, batch, max_new_tokens)
+
+    monkeypatch.setattr(LlavaAdapter, "generate", spy)
+    schedule = tmp_path / "one.yaml"
+    schedule.write_text("runs:\n  - {attack: apgd, precision: bf16, text: reference, index: 0}\n")
+    summary, _ = _run(tmp_path, sample, "--task", "mini-coco", "--attack", "ensemble", "--schedule", str(schedule),
+                      "--steps", "1", "--batch-size", "12", "--reference-encoder", "none", "--sentence-model", "none")
+    assert seen[0] == torch.bfloat16  # the clean pass (the run's own generation follows, also in bf16)
+    assert summary["config"]["resolved"]["attack"]["clean_precision"] == "bf16"
 
 
 @pytest.mark.parametrize("text,message", [
-    ("runs: []", "needs `stop_below"),
+    ("runs: []", "needs a list `runs:`"),
+    ("stop_below: ten\nruns:\n  - {attack: apgd}", "stop_below must be a number"),
     ("stop_below: 1\nruns:\n  - {attack: apgd, lr: 3}", "run 0: unknown field(s) ['lr']"),
     ("stop_below: 1\nruns:\n  - {attack: fgsm}", "run 0: bad attack 'fgsm'"),
     ("stop_below: 1\nruns:\n  - {text: target}", "target without target"),

@@ -18,6 +18,24 @@ def test_openflamingo_vqa_cuts_next_shot_and_list():
     assert postprocess_vqa_answer("a question", "openflamingo") == "a question"
 
 
+def test_openflamingo_okvqa_answers_keep_their_commas():
+    """OpenFlamingo's OK-VQA clean-up cuts the next shot but not at ", " (RobustVLM reuses it)."""
+    assert postprocess_vqa_answer("salt, pepper Question: x", "openflamingo", comma_cut=False) == "salt, pepper"
+    assert postprocess_vqa_answer("salt, pepper", "openflamingo") == "salt"
+
+
+def test_the_okvqa_card_keeps_commas_and_the_other_vqa_cards_cut():
+    from vlm_eval import cards
+    from vlm_eval.tasks import TASK_TYPES
+
+    def answer(task: str) -> str:
+        card = cards.load_card("tasks", task)
+        return TASK_TYPES.get(card.type)(card, {"postprocess": "openflamingo"}).postprocess("fork, knife")
+
+    assert answer("okvqa") == "fork, knife"
+    assert answer("vqav2") == answer("textvqa") == answer("vizwiz") == "fork"
+
+
 def test_llava_vqa_applies_evalai_processor():
     assert postprocess_vqa_answer("  Yes.\n", "llava") == "yes"
     assert postprocess_vqa_answer("Two", "llava") == "2"

@@ -73,6 +73,10 @@ class TaskCard:
     data_root: str | None = None  # a task's own root (bundled data); else --data-root
     generator: str | None = None  # a world that writes the data on demand (e.g. "miniworld"); else it is downloaded
     templates: tuple[str, ...] = ()  # zero-shot prompt templates, e.g. "a photo of a {}."
+    # --attack ensemble: a sample scoring under this is broken and leaves the schedule (RobustVLM: CIDEr 10
+    # on COCO, 2 on Flickr30k, VQA accuracy 0); a schedule's own stop_below overrides it
+    stop_below: float | None = None
+    answer_comma_cut: bool = True  # --postprocess openflamingo cuts answers at ", " (its OK-VQA clean-up does not)
     aliases: tuple[str, ...] = ()
     card_path: str | None = None
 
@@ -128,15 +132,16 @@ def parse_card(kind: str, path: Path) -> Any:
 
 def _check_types(card: Any, path: Path) -> None:
     """Each field holds the kind of value its annotation names (str, int, mapping, list)."""
-    kinds = {"str": str, "int": int, "dict": dict, "tuple": tuple}
+    kinds = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "tuple": tuple}
     for f in dataclasses.fields(card):
         value = getattr(card, f.name)
         annotation = str(f.type)
         if value is None and "None" in annotation:
             continue
         expected = kinds[annotation.split("[")[0].split(" ")[0]]
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise CardError(f"card {path}: field {f.name!r} must be a {expected.__name__}, got {value!r}")
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            name = annotation.split("[")[0].split(" ")[0]
+            raise CardError(f"card {path}: field {f.name!r} must be a {name}, got {value!r}")
 
 
 def all_cards(kind: str) -> dict[str, Any]:

@@ -162,7 +162,7 @@ def resolve(config: EvalConfig) -> Resolved:
         task = TASK_TYPES.get(task_card.type)(task_card, options)
     except ValueError as exc:
         raise VlmEvalError(f"task {task_card.name!r}: {exc}") from exc
-    attack = resolve_attack(config, zeroshot, task_card.type)
+    attack = resolve_attack(config, task_card)
     if attack is not None and attack.name == "ensemble":
         if config.precision not in ("auto", "fp32"):
             raise VlmEvalError("--attack ensemble keeps fp32 weights and runs its half-precision attacks under "
@@ -193,9 +193,9 @@ def semantic_models(config: EvalConfig, vlm_card: Any) -> tuple[str, str]:
     return config.reference_encoder or vlm_card.reference_encoder, config.sentence_model or vlm_card.sentence_model
 
 
-def resolve_attack(config: EvalConfig, zeroshot: bool, task_type: str) -> Any | None:
+def resolve_attack(config: EvalConfig, task_card: Any) -> Any | None:
     """The attack the config asks for (None for a clean run); bad names and radii fail here."""
-    if zeroshot and (config.attack != "none" or config.from_adversarial):
+    if task_card.type == ZEROSHOT and (config.attack != "none" or config.from_adversarial):
         raise VlmEvalError("attacks are not available for zero-shot classification tasks yet")
     if config.from_adversarial:
         if config.attack != "none":
@@ -210,7 +210,7 @@ def resolve_attack(config: EvalConfig, zeroshot: bool, task_type: str) -> Any | 
             raise VlmEvalError("--schedule is for --attack ensemble")
         return None
     if config.attack == "ensemble":
-        return ensemble_spec(config, task_type)
+        return ensemble_spec(config, task_card)
     from vlm_eval.attacks.vlm import AttackSpec
 
     try:
@@ -219,18 +219,24 @@ def resolve_attack(config: EvalConfig, zeroshot: bool, task_type: str) -> Any | 
         raise VlmEvalError(str(exc)) from exc
 
 
-def ensemble_spec(config: EvalConfig, task_type: str) -> Any:
-    """The schedule of --schedule, or the task type's default in schedules/, with the attack budget."""
+def ensemble_spec(config: EvalConfig, task_card: Any) -> Any:
+    """The schedule of --schedule, or the task type's default in schedules/, with the attack budget and the
+    threshold under which samples leave (the schedule's, else the task card's)."""
     from vlm_eval.attacks.ensemble import EnsembleSpec, Schedule
     from vlm_eval.attacks.threat import ThreatModel
     from vlm_eval.attacks.vlm import PROTOCOL_OPTIONS
 
-    path = Path(config.schedule) if config.schedule else cards.card_dir("schedules") / f"{task_type}.yaml"
+    path = Path(config.schedule) if config.schedule else cards.card_dir("schedules") / f"{task_card.type}.yaml"
     try:
         threat = ThreatModel.parse(config.eps, config.norm)
     except ValueError as exc:
         raise VlmEvalError(str(exc)) from exc
-    return EnsembleSpec(Schedule.load(path), threat, config.steps, PROTOCOL_OPTIONS)
+    schedule = Schedule.load(path)
+    stop_below = schedule.stop_below if schedule.stop_below is not None else task_card.stop_below
+    if stop_below is None:
+        raise VlmEvalError(f"--attack ensemble needs the score under which a sample leaves the schedule: set "
+                           f"`stop_below` in the task card {task_card.card_path} or in the schedule {path}")
+    return EnsembleSpec(schedule, threat, config.steps, PROTOCOL_OPTIONS, stop_below)
 
 
 def resolve_encoder_card(config: EvalConfig) -> Any | None:
@@ -462,7 +468,8 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
 
     def generate(kept: list[Any], pixels: Any) -> list[dict]:
         batch = Batch([s.id for s in kept], pixels, [vlm.format_prompt(*task.prompt_args(s)) for s in kept])
-        outputs = vlm.generate(batch, task.card.max_new_tokens)
+        with clean_precision(vlm, attack):
+            outputs = vlm.generate(batch, task.card.max_new_tokens)
         records = [sample_record(s, raw, task.postprocess(raw)) for s, raw in zip(kept, outputs)]
         if attack is not None:
             if attack.name == "ensemble":
@@ -475,6 +482,17 @@ def generate_all(vlm: Any, task: Any, samples: list[Any], config: EvalConfig, ru
     desc = "generating" if attack is None else f"generating, {attack.name}"
     return in_batches(samples, lambda image: preprocess_image(image, vlm.image_size), generate, config, run_dir, desc,
                       finished)
+
+
+def clean_precision(vlm: Any, attack: Any | None) -> Any:
+    """The ensemble's clean pass runs in its first run's precision (fp16 in the reference); others as loaded."""
+    import contextlib
+
+    from vlm_eval.attacks.ensemble import precision
+
+    if attack is None or attack.name != "ensemble":
+        return contextlib.nullcontext()
+    return precision(vlm.device, attack.clean_precision)
 
 
 def add_attacked_outputs(vlm: Any, task: Any, batch: Any, kept: list[Any], records: list[dict], attack: Any,

@@ -2,15 +2,18 @@
 
 A schedule is a YAML file (`schedules/<task type>.yaml` by default, `--schedule FILE` otherwise):
 
-    stop_below: 10                 # samples scoring under this are broken and leave the schedule
     runs:                          # in order; each run attacks the samples still in the schedule
       - {attack: apgd, precision: fp16, text: reference, index: 0}   # away from reference / answer 0
-      - {attack: apgd, precision: fp16, text: target, target: maybe} # towards a string
       - {attack: apgd, precision: fp32, text: best, start: best}     # the text that worked best, from the best point
+      - {attack: apgd, precision: fp32, text: target, target: maybe} # towards a string, from the clean image
+    stop_below: 10                 # optional: samples scoring under this leave (default: the task card's)
 
-Half-precision runs use autocast over the fp32 weights, so precision changes without reloading the
-model. After each run, every attacked sample is scored with the task metric and its worst output,
-image and the run that produced them are kept.
+Samples scoring under `stop_below` are broken and leave the schedule; the threshold belongs to the
+task (CIDEr 10 on COCO, 2 on Flickr30k), so it comes from the task card unless the schedule sets
+one. Half-precision runs use autocast over the fp32 weights, so precision changes without reloading
+the model; the clean pass runs in the first run's precision, as the reference's does. After each
+run, every attacked sample is scored with the task metric and its worst output, image and the run
+that produced them are kept.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class Run:
 @dataclass(frozen=True)
 class Schedule:
     runs: tuple[Run, ...]
-    stop_below: float
+    stop_below: float | None  # None: the task card's
     source: str
 
     @classmethod
@@ -59,8 +62,11 @@ class Schedule:
             data = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise CardError(f"schedule {path}: cannot read it ({exc})") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or "stop_below" not in data:
-            raise CardError(f"schedule {path}: needs `stop_below: <score>` and a list `runs:`")
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not data["runs"]:
+            raise CardError(f"schedule {path}: needs a list `runs:` (and optionally `stop_below: <score>`)")
+        stop_below = data.get("stop_below")
+        if stop_below is not None and (isinstance(stop_below, bool) or not isinstance(stop_below, (int, float))):
+            raise CardError(f"schedule {path}: stop_below must be a number, got {stop_below!r}")
         known = {f.name for f in fields(Run)}
         runs = []
         for i, item in enumerate(data["runs"]):
@@ -76,10 +82,10 @@ class Schedule:
             if problems:
                 raise CardError(f"schedule {path}, run {i}: bad {', '.join(problems)}")
             runs.append(run)
-        return cls(tuple(runs), float(data["stop_below"]), str(path))
+        return cls(tuple(runs), None if stop_below is None else float(stop_below), str(path))
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "stop_below": self.stop_below, "runs": [r.label for r in self.runs]}
+        return {"source": self.source, "runs": [r.label for r in self.runs]}
 
 
 def precision(device: torch.device, name: str):
@@ -91,18 +97,25 @@ def precision(device: torch.device, name: str):
 
 @dataclass(frozen=True)
 class EnsembleSpec:
-    """`--attack ensemble`: a schedule of attacks in one threat model, `steps` each."""
+    """`--attack ensemble`: a schedule of attacks in one threat model, `steps` each; samples scoring under
+    `stop_below` leave."""
 
     schedule: Schedule
     threat: Any
     steps: int
     options: dict[str, Any]
+    stop_below: float
     name = "ensemble"
     targeted = False
 
+    @property
+    def clean_precision(self) -> str:
+        """The clean pass runs in the first run's precision (the reference loads its model in fp16 for both)."""
+        return self.schedule.runs[0].precision
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.threat.describe(), "steps": self.steps, "schedule": self.schedule.describe(),
-                "options": self.options}
+                "stop_below": self.stop_below, "clean_precision": self.clean_precision, "options": self.options}
 
 
 def run_schedule(vlm: Any, batch: Any, references: list[list[str]], clean: list[str], clean_scores: list[float],
@@ -125,7 +138,7 @@ def run_schedule(vlm: Any, batch: Any, references: list[list[str]], clean: list[
     device = torch.device(vlm.device)
     for run in schedule.runs:
         texts = [_text(run, refs, worst["text"][i]) for i, refs in enumerate(references)]
-        rows = [i for i in range(n) if worst["score"][i] >= schedule.stop_below and texts[i] is not None]
+        rows = [i for i in range(n) if worst["score"][i] >= spec.stop_below and texts[i] is not None]
         for i in range(n):
             worst["runs"][i].append(None)
         if not rows:

@@ -44,7 +44,7 @@ def _evalai_answer(text: str) -> str:
     return _process_digits_articles(_process_punctuation(text))
 
 
-def postprocess_vqa_answer(text: str, style: str) -> str:
+def postprocess_vqa_answer(text: str, style: str, comma_cut: bool = True) -> str:
     """Turn a raw VQA generation into the answer that gets scored.
 
     Args:
@@ -58,6 +58,8 @@ def postprocess_vqa_answer(text: str, style: str) -> str:
             hallucinated next shot), then at the first ", ", and strip, as OpenFlamingo's
             ``postprocess_vqa_generation`` does (it does not strip itself; the VQA metric does,
             so stripping changes no score).
+        comma_cut: ``"openflamingo"`` only: cut at the first ", ". OpenFlamingo's OK-VQA clean-up
+            (``postprocess_ok_vqa_generation``) does not, so the okvqa card turns it off.
 
     Returns:
         The answer to pass to `vqa_accuracy`.
@@ -69,7 +71,7 @@ def postprocess_vqa_answer(text: str, style: str) -> str:
     if style == "llava":
         return _evalai_answer(text.strip())
     answer = _OF_NEXT_SHOT.split(text, maxsplit=1)[0]
-    return answer.split(", ", 1)[0].strip()
+    return (answer.split(", ", 1)[0] if comma_cut else answer).strip()
 
 
 def postprocess_caption(text: str, style: str) -> str:

@@ -34,7 +34,7 @@ class VQA:
         return sorted(dict.fromkeys(answers), key=lambda a: (-answers.count(a), answers.index(a)))
 
     def postprocess(self, text: str) -> str:
-        return postprocess_vqa_answer(text, self.postprocess_style)
+        return postprocess_vqa_answer(text, self.postprocess_style, self.card.answer_comma_cut)
 
     def score(self, references: dict[str, list[str]], outputs: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
         """(mean accuracy, per-question accuracy), both on the x100 scale."""
