@@ -94,6 +94,22 @@ def test_references_from_coco_file_win_over_karpathy_sentences(coco_karpathy, co
     assert samples[1].references == tuple(f"coco caption {k} of 184613" for k in range(7))
 
 
+def test_the_kth_attacked_caption_is_the_kth_karpathy_sentence(coco_karpathy, coco_captions, tmp_path):
+    """RobustVLM attacks `sentences[k]["raw"]` of the split file, whatever file the references come from."""
+    from vlm_eval import cards
+    from vlm_eval.tasks import TASK_TYPES
+
+    task = TASK_TYPES.get("captioning")(cards.load_card("tasks", "coco"), {})
+    samples = read_karpathy_captions(coco_karpathy, tmp_path, references_json=coco_captions)
+    assert task.attack_texts(samples[0]) == [f"karpathy caption {k} of 391895" for k in range(5)]
+    # an entry without sentences falls back to its references
+    entries = json.loads(coco_karpathy.read_text())
+    for entry in entries["images"]:
+        entry["sentences"] = []
+    bare = read_karpathy_captions(_write(tmp_path / "bare.json", entries), tmp_path, references_json=coco_captions)
+    assert task.attack_texts(bare[1]) == [f"coco caption {k} of 184613" for k in range(7)]
+
+
 def test_flickr_ids_are_filename_stems_and_match_coco_style_ids(tmp_path):
     karpathy = _write(
         tmp_path / "dataset_flickr30k.json",

@@ -4,6 +4,11 @@ The Karpathy files (`dataset_coco.json`, `dataset_flickr30k.json`) decide WHICH 
 split; the references optionally come from a COCO-format captions file instead, because that
 file is what pycocoevalcap's COCOEvalCap scores against (as OpenFlamingo and RobustVLM do).
 
+The captions an untargeted attack aims away from (the k-th for the k-th run of the ensemble) are
+the entry's Karpathy `sentences` in file order, as RobustVLM's `CaptionDataset` takes
+`sentences[k]["raw"]`, even when the references come from the COCO-format file (whose order
+differs); an entry without sentences falls back to its references.
+
 Sample ids follow OpenFlamingo's `CaptionDataset`: the COCO id (`cocoid`) when the entry has one,
 otherwise the filename up to its first dot (Flickr30k: "1000092795.jpg" -> "1000092795"), which is
 also the image id of OpenFlamingo's `dataset_flickr30k_coco_style.json`. Ids of the COCO-format
@@ -73,6 +78,7 @@ def read_karpathy_captions(
                 image_path=resolve_path(filename, entry.get("filepath")),
                 references=references_of(entry, sample_id, where),
                 image_id=sample_id,
+                attack_texts=_raw_sentences(entry, karpathy_json, where) if entry.get("sentences") else (),
             )
         )
     logger.info("read %d %s images from %s", len(samples), split, karpathy_json)
@@ -134,6 +140,11 @@ def _karpathy_sentences(entry: dict[str, Any], path: Path, where: str) -> tuple[
     sentences = require_list(entry, "sentences", path, where)
     if not sentences:
         raise DataError(f"{path}: {where} has an empty 'sentences' list")
+    return _raw_sentences(entry, path, where)
+
+
+def _raw_sentences(entry: dict[str, Any], path: Path, where: str) -> tuple[str, ...]:
+    sentences = require_list(entry, "sentences", path, where)
     return tuple(
         str(require(sentence, "raw", path, f"{where}.sentences[{i}]")) for i, sentence in enumerate(sentences)
     )

@@ -27,6 +27,8 @@ class Sample:
         references: The reference captions, or the human answers of a VQA question, in file order.
         question: The VQA question; None for captioning.
         image_id: The id of the image (for VQA several questions share one image).
+        attack_texts: Captioning: the captions untargeted attacks aim away from, k-th first, in the
+            reference code's order (the Karpathy sentences); empty: the references.
     """
 
     id: str
@@ -34,6 +36,7 @@ class Sample:
     references: tuple[str, ...]
     question: str | None = None
     image_id: str | None = None
+    attack_texts: tuple[str, ...] = ()
 
 
 def load_json_file(path: Path) -> Any:

@@ -25,8 +25,9 @@ class Captioning:
         return self.card.prompt, None
 
     def attack_texts(self, sample: Any) -> list[str]:
-        """The texts untargeted attacks push away from, first first: the reference captions in file order."""
-        return list(sample.references)
+        """The texts untargeted attacks push away from, first first: the Karpathy sentences in file order
+        (RobustVLM's k-th caption), else the reference captions."""
+        return list(sample.attack_texts or sample.references)
 
     def postprocess(self, text: str) -> str:
         return postprocess_caption(text, self.postprocess_style)
