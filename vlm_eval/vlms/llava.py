@@ -73,18 +73,19 @@ class LlavaAdapter:
         return self.model.model.vision_tower(self.normalize(pixels)).pooler_output.float().cpu()
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of a prompt, its single `<image>` expanded to one id per image token."""
-        ids = self.tokenizer(prompt).input_ids
+        """Token ids of a prompt as LLaVA builds them, its single `<image>` expanded to one id per image token."""
+        ids = image_prompt_ids(self.tokenizer, prompt, self.image_token_id)
         if ids.count(self.image_token_id) != 1:
             raise ValueError(f"a LLaVA prompt needs exactly one {IMAGE_PLACEHOLDER}: {prompt!r}")
         at = ids.index(self.image_token_id)
         return ids[:at] + [self.image_token_id] * self.n_image_tokens + ids[at + 1 :]
 
     def target_ids(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
-        """(prompt ids, target ids + EOS) as the tokenizer splits "prompt target" in one piece.
+        """(prompt ids, target ids + EOS) as LLaVA tokenises the conversation "prompt target".
 
-        Tokenising the whole conversation, then cutting at the longest common prefix with the
-        prompt alone, matches how the answer is tokenised when LLaVA itself generates it.
+        The whole conversation goes through `prompt_ids`, then is cut at the longest common prefix
+        with the prompt alone: the answer is tokenised as it is when LLaVA itself generates it, and
+        the ids are those of LLaVA's training and of the reference attack's label mask.
         """
         prompt_ids = self.prompt_ids(prompt)
         full_ids = self.prompt_ids(f"{prompt} {target}")
@@ -159,6 +160,23 @@ class LlavaAdapter:
 
     def describe(self) -> dict:
         return {"mode": self.mode, "image_size": self.image_size, "image_tokens": self.n_image_tokens}
+
+
+def image_prompt_ids(tokenizer: Any, prompt: str, image_token_id: int) -> list[int]:
+    """Ids of `prompt` as LLaVA's `tokenizer_image_token` builds them, one `image_token_id` per `<image>`.
+
+    Each chunk around `<image>` is tokenised on its own, so each starts as a fresh sequence: the newline
+    after the image keeps its SentencePiece prefix "▁" (id 29871 for Llama), which transformers 5's
+    `LlamaTokenizer` (prepend scheme "first" unless `legacy`) drops when the prompt is tokenised whole.
+    As in the reference: if the first chunk starts with BOS, that BOS is kept and the first id (their
+    BOS) of every later chunk is dropped.
+    """
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_PLACEHOLDER)]
+    skip = 1 if chunks[0][:1] == [tokenizer.bos_token_id] else 0
+    ids = list(chunks[0])
+    for chunk in chunks[1:]:
+        ids += [image_token_id] + list(chunk[skip:])
+    return ids
 
 
 def swap_vision_tower(model: Any, vision_model: Any) -> None:
