@@ -157,6 +157,43 @@ def test_target_presets_and_their_errors():
         AttackSpec.parse("apgd", "2/255", "linf", 10, "say hi")
 
 
+@pytest.mark.parametrize("given,expected", [
+    ({}, (25, 2011)),  # RobustVLM: the url target on its own 25 images, seed 2011 (TARGET_TO_SEED)
+    ({"seed": 7}, (25, 7)),
+    ({"n_samples": 100}, (100, 2011)),
+    ({"n_samples": None, "seed": 3}, (None, 3)),
+])
+def test_a_target_preset_brings_the_reference_subset_unless_one_is_given(given, expected):
+    from vlm_eval.config import EvalConfig
+    from vlm_eval.runner import resolve
+
+    resolved = resolve(EvalConfig(vlm="mini-llava", encoder="mini-clip", task="mini-coco", attack="targeted",
+                                  target="url", **given))
+    assert (resolved.n_samples, resolved.seed) == expected
+    spelled_out = EvalConfig(vlm="mini-llava", encoder="mini-clip", task="mini-coco", attack="targeted",
+                             target="Visit https://tinyurl.com/23cbjxjz")
+    other = EvalConfig(vlm="mini-llava", encoder="mini-clip", task="mini-coco", attack="targeted", target="hi")
+    assert (resolve(spelled_out).n_samples, resolve(spelled_out).seed) == (25, 2011)
+    assert (resolve(other).n_samples, resolve(other).seed) == (500, 42)
+
+
+def test_a_targeted_preset_run_records_the_seed_it_used(sample, tmp_path):
+    from vlm_eval.data import select_subset
+    from vlm_eval.tasks.data import read_task_samples, task_files
+    from vlm_eval.cards import load_card
+
+    out = tmp_path / "run"
+    args = ["--vlm", "mini-llava", "--encoder", "mini-clip", "--device", "cpu", "--task", "mini-coco",
+            "--data-root", str(sample), "--output-dir", str(out), "--n-samples", "4", "--attack", "targeted",
+            "--target", "password", "--steps", "1", "--reference-encoder", "none", "--sentence-model", "none"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["resolved"]["seed"] == 2012 and summary["config"]["resolved"]["n_samples"] == 4
+    card = load_card("tasks", "mini-coco")
+    expected = select_subset(read_task_samples(card, task_files(card, sample)), 4, 2012)
+    assert (out / "subset_ids.txt").read_text().split() == [s.id for s in expected]
+
+
 def test_adversarial_images_are_saved_losslessly_and_transfer(sample, tmp_path):
     from safetensors.torch import load_file
 

@@ -66,8 +66,10 @@ def eval_parser() -> argparse.ArgumentParser:
                         "simclip4/simclip), a checkpoint path, or hf-hub:org/name (default %(default)s)")
     p.add_argument("--task", default=defaults.task, help="task card (default %(default)s)")
     p.add_argument("--n-samples", type=_n_samples, default=defaults.n_samples,
-                   help="size of the seeded subset, or 'all' (default %(default)s)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="subset seed (default %(default)s)")
+                   help="size of the seeded subset, or 'all' (default: the protocol's 500, or 25 images for a "
+                        "--target preset, as RobustVLM)")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="subset seed (default: 42, or the --target preset's own seed, as RobustVLM)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default %(default)s")
     p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                    help="weights' dtype; auto = fp16 on CUDA, fp32 on CPU")
@@ -155,7 +157,8 @@ def summary_table(run_dir: Path) -> str:
     lines = [
         "",
         f"run folder  {run_dir}",
-        f"task        {config['resolved']['task_card']}   samples {summary['n_samples']}   skipped {summary['n_skipped']}",
+        f"task        {config['resolved']['task_card']}   samples {summary['n_samples']}   skipped {summary['n_skipped']}"
+        + (f"   seed {config['resolved']['seed']}" if "seed" in config["resolved"] else ""),
         f"model       {_model_line(config['resolved'])}   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
     ]
     width = max(13, *(len(name) + 1 for name in [*summary["metrics"], *summary.get("semantic", {})]))
@@ -206,13 +209,13 @@ def list_command(argv: list[str]) -> int:
     return 0
 
 
-def _n_samples(text: str) -> int | None:
-    if text == "all":
-        return None
+def _n_samples(text: str) -> int | str | None:
+    if text in ("all", "auto"):
+        return None if text == "all" else text
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, 'all' or 'auto', got {text!r}") from None
 
 
 def _key_value(text: str) -> tuple[str, str]:

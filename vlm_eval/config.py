@@ -8,7 +8,8 @@ from typing import Any
 from vlm_eval.errors import VlmEvalError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-RESOLUTIONS = (224, 336)  # 224: robust-encoder protocol (encoder swapped in); 336: LLaVA's native tower
+RESOLUTIONS = (224, 336)
+PROTOCOL_SAMPLES, PROTOCOL_SEED = 500, 42  # the FARE / Sim-CLIP evaluations' subset  # 224: robust-encoder protocol (encoder swapped in); 336: LLaVA's native tower
 
 
 @dataclass
@@ -16,8 +17,9 @@ class EvalConfig:
     vlm: str = "llava"  # VLM card name or alias
     encoder: str = "openai"  # encoder card name, alias, checkpoint path or hf-hub:org/name
     task: str = "coco"  # task card name or alias
-    n_samples: int | None = 500  # seeded subset of the split; None evaluates all of it
-    seed: int = 42  # subset seed (the FARE / Sim-CLIP evaluations use 42)
+    # seeded subset of the split; None evaluates all of it; "auto": 500, or 25 for a targeted preset (as RobustVLM)
+    n_samples: int | str | None = "auto"
+    seed: int | None = None  # subset seed; None: 42 (FARE / Sim-CLIP), or a targeted preset's own (RobustVLM)
     batch_size: int = 8
     precision: str = "auto"  # weights' dtype; auto = fp16 on CUDA (as the reference code), fp32 on CPU
     device: str = "auto"  # auto = cuda when available, else cpu
@@ -52,8 +54,9 @@ class EvalConfig:
             raise VlmEvalError(f"batch size must be >= 1, got {self.batch_size}")
         if self.steps < 1:
             raise VlmEvalError(f"--steps must be >= 1, got {self.steps}")
-        if self.n_samples is not None and self.n_samples < 1:
-            raise VlmEvalError(f"--n-samples must be >= 1, got {self.n_samples}")
+        if self.n_samples != "auto" and self.n_samples is not None and (
+                isinstance(self.n_samples, (str, bool)) or self.n_samples < 1):
+            raise VlmEvalError(f"--n-samples must be a number >= 1, 'all' or 'auto', got {self.n_samples!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,6 +43,8 @@ class Resolved:
     device: str
     precision: str
     run_dir: Path
+    n_samples: int | None  # the subset's size (None: the whole split) and seed, as chosen by `subset_choice`
+    seed: int
     attack: Any | None = None  # AttackSpec, EnsembleSpec or SavedAdversarial; None for a clean run
     reference_card: Any | None = None  # the semantic checks' reference CLIP; None: those checks are skipped
     sentence_model: str | None = None  # hub id, folder or "reference" (its text tower); None: skipped
@@ -65,7 +67,7 @@ def run(config: EvalConfig, resume: bool = False) -> Path:
 
     resolved = resolve(config)
     files = preflight(config, resolved, resume)
-    samples = select_subset(read_task_samples(resolved.task_card, files), config.n_samples, config.seed)
+    samples = select_subset(read_task_samples(resolved.task_card, files), resolved.n_samples, resolved.seed)
     if resolved.zeroshot:
         return run_zeroshot(config, resolved, files, samples, resume)
     if isinstance(resolved.attack, SavedAdversarial):  # every saved image there before any work
@@ -169,8 +171,23 @@ def resolve(config: EvalConfig) -> Resolved:
                                "autocast: drop --precision or use fp32")
         precision = "fp32"
     reference_card, sentence_model = resolve_semantic(config, vlm_card) if attack is not None else (None, None)
-    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config, zeroshot), attack,
-                    reference_card, sentence_model)
+    return Resolved(vlm_card, encoder_card, task_card, task, device, precision, run_dir_for(config, zeroshot),
+                    *subset_choice(config, attack), attack, reference_card, sentence_model)
+
+
+def subset_choice(config: EvalConfig, attack: Any | None) -> tuple[int | None, int]:
+    """(subset size, seed) as given, else the protocol's: 500 samples with seed 42, or, for a targeted
+    preset, RobustVLM's 25 images with the preset's own seed."""
+    from vlm_eval.attacks.vlm import TARGET_SEEDS, TARGETED_SAMPLES
+    from vlm_eval.config import PROTOCOL_SAMPLES, PROTOCOL_SEED
+
+    preset_seed = TARGET_SEEDS.get(getattr(attack, "target", None))
+    n_samples = config.n_samples
+    if n_samples == "auto":
+        n_samples = TARGETED_SAMPLES if preset_seed is not None else PROTOCOL_SAMPLES
+    if config.seed is not None:
+        return n_samples, config.seed
+    return n_samples, preset_seed if preset_seed is not None else PROTOCOL_SEED
 
 
 def resolve_semantic(config: EvalConfig, vlm_card: Any) -> tuple[Any | None, str | None]:
@@ -696,6 +713,8 @@ def full_config(config: EvalConfig, resolved: Resolved) -> dict[str, Any]:
         "task_card": resolved.task_card.name,
         "device": resolved.device,
         "precision": resolved.precision,
+        "n_samples": resolved.n_samples,
+        "seed": resolved.seed,
         "attack": resolved.attack.describe() if resolved.attack else None,
         **semantic_names(config, resolved),
         **resolved.task.options(),
