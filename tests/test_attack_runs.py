@@ -30,6 +30,10 @@ def test_apgd_lowers_the_score_of_the_trained_models(task, metric, sample, tmp_p
     summary, records = _run(tmp_path, sample, "--task", task, "--attack", "apgd", "--eps", "4/255", "--steps", "5")
     clean, robust = summary["metrics"][metric], summary["metrics"][f"{metric}_robust"]
     assert robust < clean - 10, (clean, robust)  # five steps at 4/255 already hurt
+    # the attacked outputs alone (RobustVLM's --attack apgd number): never below the per-sample worst case
+    attacked = summary["metrics"][f"{metric}_attacked"]
+    assert attacked == pytest.approx(sum(r["adversarial"]["score"] for r in records) / len(records))
+    assert robust <= attacked
     for record in records:
         assert record["score_robust"] == pytest.approx(min(record["score"], record["adversarial"]["score"]))
         assert record["adversarial"]["loss"] > 0
@@ -298,6 +302,7 @@ def test_ensemble_keeps_each_samples_worst_case_and_skips_broken_samples(sample,
     assert skipped > 0
     assert summary["config"]["resolved"]["precision"] == "fp32"
     assert summary["config"]["resolved"]["attack"]["stop_below"] == 150
+    assert "cider_attacked" not in summary["metrics"]  # the worst case counts the clean pass: it would repeat robust
 
 
 def test_the_ensembles_clean_pass_runs_in_its_first_runs_precision(sample, tmp_path, monkeypatch):

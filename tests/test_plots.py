@@ -50,7 +50,8 @@ def untargeted_root(tmp_path: Path) -> Path:
         name = encoder or "native"
         write_run(root / name / "clean", encoder, {"cider": clean})
         for eps, value in robust.items():
-            write_run(root / name / f"apgd{eps}", encoder, {"cider": clean, "cider_robust": value}, apgd(eps))
+            metrics = {"cider": clean, "cider_attacked": value + 9.0, "cider_robust": value}  # the line: robust
+            write_run(root / name / f"apgd{eps}", encoder, metrics, apgd(eps))
     write_run(root / "vqa", "robust-clip", {"vqa_accuracy": 60.0, "vqa_accuracy_robust": 30.0}, apgd(4), task="vqa")
     return root
 

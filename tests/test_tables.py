@@ -38,13 +38,13 @@ def attack(name: str, eps_text: str, norm: str = "linf", **extra) -> dict:
 # (folder, task, vlm, encoder, attack, metrics): two encoders on captioning, VQA without a clean run, zero-shot
 RUNS = [
     ("coco/a-clean", "coco", "llava", "enc_a", None, {"cider": 110.04}),
-    ("coco/a-apgd2", "coco", "llava", "enc_a", attack("apgd", "2/255"), {"cider": 110.04, "cider_robust": 61.27}),
-    ("coco/a-apgd4", "coco", "llava", "enc_a", attack("apgd", "4/255"), {"cider": 110.04, "cider_robust": 40.55}),
+    ("coco/a-apgd2", "coco", "llava", "enc_a", attack("apgd", "2/255"), {"cider": 110.04, "cider_attacked": 70.31, "cider_robust": 61.27}),
+    ("coco/a-apgd4", "coco", "llava", "enc_a", attack("apgd", "4/255"), {"cider": 110.04, "cider_attacked": 48.9, "cider_robust": 40.55}),
     ("coco/a-ens4", "coco", "llava", "enc_a", attack("ensemble", "4/255"), {"cider": 110.04, "cider_robust": 33.26}),
     ("coco/n-clean", "coco", "llava", None, None, {"cider": 121.96}),
-    ("coco/n-apgd4", "coco", "llava", None, attack("apgd", "4/255"), {"cider": 121.96, "cider_robust": 2.14}),
+    ("coco/n-apgd4", "coco", "llava", None, attack("apgd", "4/255"), {"cider": 121.96, "cider_attacked": 3.52, "cider_robust": 2.14}),
     ("vqa/a-apgd2", "vqa", "llava", "enc_a", attack("apgd", "2/255"),
-     {"vqa_accuracy": 57.3, "vqa_accuracy_robust": 21.86}),
+     {"vqa_accuracy": 57.3, "vqa_accuracy_attacked": 25.0, "vqa_accuracy_robust": 21.86}),
     ("zs/a-clean", "imagenet", None, "enc_a", None, {"accuracy": 71.45}),
     ("zs/a-pgd4", "imagenet", None, "enc_a", attack("pgd", "4/255"), {"accuracy": 71.45, "accuracy_robust": 30.04}),
     ("tgt/a-2", "coco", "llava", "enc_a", attack("targeted", "2/255", target="a cat"),
@@ -77,7 +77,8 @@ def parse_csv(text: str) -> dict[tuple[str, ...], dict[str, str]]:
 
 
 def expected_cells() -> dict[tuple[str, ...], dict[str, float]]:
-    """What each cell must hold, straight from RUNS: clean metric, and the lowest robust score per eps."""
+    """What each cell must hold, straight from RUNS: clean metric, and the lowest robust and attacked-only
+    scores per eps (single attacks report the latter; ensembles do not)."""
     expected: dict[tuple[str, ...], dict[str, float]] = {}
     for _, task, vlm, encoder, threat, metrics in RUNS:
         if threat and threat["name"] == "targeted":
@@ -88,6 +89,9 @@ def expected_cells() -> dict[tuple[str, ...], dict[str, float]]:
         cells["clean"] = metrics[metric]
         if threat:
             cells[threat["eps_text"]] = min(cells.get(threat["eps_text"], 1e9), metrics[f"{metric}_robust"])
+            if f"{metric}_attacked" in metrics:
+                column = f"{threat['eps_text']} attacked"
+                cells[column] = min(cells.get(column, 1e9), metrics[f"{metric}_attacked"])
     return expected
 
 
@@ -96,12 +100,15 @@ def test_every_cell_is_the_number_in_its_summary(runs_root):
     for row, columns in expected_cells().items():
         assert {name: cells[row][name] for name in columns} == {name: f"{v:.1f}" for name, v in columns.items()}
     assert cells[("coco: CIDEr", "llava", "native")]["2/255"] == ""  # no run: an empty cell
-    assert list(cells[("vqa: VQA accuracy", "llava", "enc_a")]) == ["clean", "2/255"]
+    assert list(cells[("vqa: VQA accuracy", "llava", "enc_a")]) == ["clean", "2/255", "2/255 attacked"]
+    assert list(cells[("imagenet (zero-shot): accuracy", "enc_a")]) == ["clean", "4/255"]  # no attacked-only score
 
 
 def test_the_lowest_of_two_runs_fills_the_cell_and_a_note_says_so(runs_root):
     coco = build_tables(collect([runs_root]))[0]
-    assert coco.rows[("llava", "enc_a")] == [110.04, 61.27, 33.26]  # ensemble 33.26 beats apgd 40.55
+    # robust: ensemble 33.26 beats apgd 40.55; attacked-only: apgd's alone (an ensemble's would repeat its robust)
+    assert coco.rows[("llava", "enc_a")] == [110.04, 61.27, 70.31, 33.26, 48.9]
+    assert [c.header for c in coco.columns] == ["clean", "2/255", "2/255 attacked", "4/255", "4/255 attacked"]
     [note] = coco.notes
     assert "llava + enc_a, 4/255: the lowest of 2 runs" in note and "apgd 4/255 40.5" in note
     assert "the lowest of 2 runs" in render_markdown([coco]) and "% llava + enc_a, 4/255" in render_latex([coco])
@@ -129,16 +136,17 @@ def table_numbers(text: str, row_line: str) -> list[str]:
 def test_markdown_and_latex_hold_the_same_numbers_as_the_csv(runs_root):
     tables = build_tables(collect([runs_root]))
     from_csv = [cell for row in parse_csv(render_csv(tables)).values() for cell in row.values() if cell]
-    assert len(from_csv) == 11  # 3 + 2 captioning, 2 targeted, 2 VQA, 2 zero-shot
+    assert len(from_csv) == 15  # 5 + 3 captioning, 2 targeted, 3 VQA, 2 zero-shot
     assert table_numbers(render_markdown(tables), r"\| (llava|enc_a|enc\\_a)") == from_csv
     assert table_numbers(render_latex(tables), r"(llava|enc\\_a) &") == from_csv
 
 
 def test_missing_cells_show_an_en_dash(runs_root):
     tables = build_tables(collect([runs_root]))
-    assert "| VLM | encoder | clean | 2/255 | 4/255 |\n| --- | --- | ---: | ---: | ---: |" in render_markdown(tables)
-    assert "| llava | native | 122.0 | – | 2.1 |" in render_markdown(tables)
-    assert r"llava & native & 122.0 & -- & 2.1 \\" in render_latex(tables)
+    assert ("| VLM | encoder | clean | 2/255 | 2/255 attacked | 4/255 | 4/255 attacked |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |") in render_markdown(tables)
+    assert "| llava | native | 122.0 | – | – | 2.1 | 3.5 |" in render_markdown(tables)
+    assert r"llava & native & 122.0 & -- & -- & 2.1 & 3.5 \\" in render_latex(tables)
 
 
 def test_latex_escapes_special_characters(runs_root):
@@ -216,9 +224,9 @@ def test_a_parent_folder_yields_its_nested_runs_sorted_and_skips_unfinished_ones
     assert len(collect([runs_root / "coco", runs_root, runs_root / "coco" / "a-clean"])) == len(RUNS)  # each once
 
 
-@pytest.mark.parametrize("fmt, marker", [("markdown", "| llava | enc_a | 110.0 | 61.3 | 33.3 |"),
-                                         ("csv", "coco: CIDEr,llava,enc_a,110.0,61.3,33.3"),
-                                         ("latex", r"llava & enc\_a & 110.0 & 61.3 & 33.3 \\")])
+@pytest.mark.parametrize("fmt, marker", [("markdown", "| llava | enc_a | 110.0 | 61.3 | 70.3 | 33.3 | 48.9 |"),
+                                         ("csv", "coco: CIDEr,llava,enc_a,110.0,61.3,70.3,33.3,48.9"),
+                                         ("latex", r"llava & enc\_a & 110.0 & 61.3 & 70.3 & 33.3 & 48.9 \\")])
 def test_the_command_prints_or_writes_each_format(runs_root, tmp_path, capsys, fmt, marker):
     assert main(["table", str(runs_root), "--format", fmt]) == 0
     printed = capsys.readouterr().out

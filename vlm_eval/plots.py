@@ -49,11 +49,13 @@ def score_figure(tables: list[Table]) -> Figure | None:
         return None
     figure, axes = panels(len(scores))
     for ax, table in zip(axes, scores):
+        columns = [column for column in table.columns if not column.attacked]  # the robust score per eps
         for row, cells in table.rows.items():
-            points = [(column.eps, value) for column, value in zip(table.columns, cells) if value is not None]
+            points = [(column.eps, value) for column, value in zip(table.columns, cells)
+                      if value is not None and not column.attacked]
             if points:
                 ax.plot(*zip(*points), marker="o", label=" + ".join(row))
-        ax.set_xticks([column.eps for column in table.columns], [column.header for column in table.columns])
+        ax.set_xticks([column.eps for column in columns], [column.header for column in columns])
         ax.set(title=table.title, xlabel="eps", ylabel=table.quantity)
         ax.set_ylim(bottom=0)
         _legend(ax)

@@ -644,8 +644,16 @@ def score_records(task: Any, records: list[dict], attack: Any | None = None) -> 
         targeted = "target_in_output" in records[0]["adversarial"]
         stopped_early = getattr(attack, "check_every", 0) > 0
         metrics.update(score_targeted(task, records, refs, stopped_early) if targeted
-                       else score_robust(task, records, refs))
+                       else score_untargeted(task, records, refs, ensemble=getattr(attack, "name", "") == "ensemble"))
     return metrics
+
+
+def score_untargeted(task: Any, records: list[dict], refs: dict[str, list[str]], ensemble: bool) -> dict[str, float]:
+    """The robust score (the papers' ensemble number) and, for a single attack, the score of the attacked
+    outputs alone (what RobustVLM's --attack apgd prints). An ensemble's worst case already counts the
+    clean pass, so its attacked score would repeat its robust one."""
+    attacked = {f"{name}_attacked": value for name, value in score_attacked(task, records, refs).items()}
+    return {**({} if ensemble else attacked), **score_robust(task, records, refs)}
 
 
 def score_targeted(task: Any, records: list[dict], refs: dict[str, list[str]], stopped_early: bool) -> dict[str, float]:
@@ -675,9 +683,9 @@ def score_robust(task: Any, records: list[dict], refs: dict[str, list[str]]) -> 
     """The robust score: per sample the worst of the clean and the attacked output, scored as a set.
 
     Per-sample CIDEr depends on the references only (its idf comes from them), so the worst output's
-    score does not change when the set is scored again, and robust <= clean holds exactly.
+    score does not change when the set is scored again, and robust <= clean holds exactly. Needs the
+    records' attacked scores (`score_attacked`).
     """
-    score_attacked(task, records, refs)
     worst = {}
     for record in records:
         clean_is_worse = record["score"] <= record["adversarial"]["score"]

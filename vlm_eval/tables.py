@@ -1,8 +1,9 @@
 """`python -m vlm_eval table`: the papers' tables, from finished run folders (nothing is rerun).
 
 Per task, one row per (VLM, encoder) (per encoder for zero-shot): the clean score, then per eps the robust
-score (per sample the worse of clean and attacked, as the papers report it). Targeted runs get their own
-table: the success rate per (target, eps). Markdown, CSV or LaTeX (booktabs).
+score (per sample the worse of clean and attacked: the FARE paper's ensemble number) and, where single
+attacks ran, the score of their attacked outputs alone ("attacked": the number RobustVLM's `--attack apgd`
+prints). Targeted runs get their own table: the success rate per (target, eps). Markdown, CSV or LaTeX.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Run:
 class Column:
     header: str
     eps: float  # 0 for the clean column: the x position in plots
+    attacked: bool = False  # the attacked outputs alone, next to the robust column of the same eps
 
 
 @dataclass
@@ -149,15 +151,24 @@ def build_tables(runs: list[Run]) -> list[Table]:
 
 
 def score_table(runs: list[Run]) -> Table:
-    """Clean, then the robust score per eps; several runs in one cell: the lowest (the strongest attack)."""
+    """Clean, then per eps the robust score and, where single attacks ran, the attacked-only score; several
+    runs in one cell: the lowest (the strongest attack)."""
     first, notes = runs[0], []
     untargeted = [run for run in runs if run.untargeted]
     keys, headers = sorted({_threat(run) for run in untargeted}), _threat_headers(untargeted)
     robust = _cells(untargeted, keys, _threat, lambda run: run.metrics.get(f"{run.metric}_robust"), "lowest",
                     headers, notes)
-    rows = {row: [_clean_value(members, notes), *robust.get(row, [None] * len(keys))]
-            for row, members in _group(runs, lambda run: run.row).items()}
-    columns = [Column("clean", 0.0)] + [Column(headers[key], key[1]) for key in keys]
+    attacked_headers = {key: f"{header} attacked" for key, header in headers.items()}
+    attacked = _cells(untargeted, keys, _threat, lambda run: run.metrics.get(f"{run.metric}_attacked"), "lowest",
+                      attacked_headers, notes)
+    shown = [any(cells[k] is not None for cells in attacked.values()) for k in range(len(keys))]
+    columns = [Column("clean", 0.0)]
+    for key, with_attacked in zip(keys, shown):
+        columns += [Column(headers[key], key[1])] + [Column(attacked_headers[key], key[1], True)] * with_attacked
+    rows = {}
+    for row, members in _group(runs, lambda run: run.row).items():
+        both = zip(robust.get(row, [None] * len(keys)), attacked.get(row, [None] * len(keys)), shown)
+        rows[row] = [_clean_value(members, notes)] + [v for r, a, show in both for v in [r] + [a] * show]
     name = METRIC_NAMES[first.metric]
     title = f"{first.task}{' (zero-shot)' if first.vlm is None else ''}: {name}"
     return Table(title, "score", name, first.row_names, columns, rows, notes + _random_note(runs))
@@ -297,8 +308,8 @@ RENDERERS = {"markdown": render_markdown, "csv": render_csv, "latex": render_lat
 def main(argv: list[str]) -> int:
     """`python -m vlm_eval table RUN_DIR...`: print (or write) the tables of finished runs."""
     p = argparse.ArgumentParser(prog="python -m vlm_eval table",
-                                description="The papers' tables (clean and robust score per eps; targeted "
-                                "success rates) from finished run folders.")
+                                description="The papers' tables (clean, robust and attacked-only scores per "
+                                "eps; targeted success rates) from finished run folders.")
     add_run_dirs_argument(p)
     p.add_argument("--format", choices=list(RENDERERS), default="markdown")
     p.add_argument("--output", type=Path, help="write to this file instead of printing")
