@@ -215,15 +215,35 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_matches_a_reference_apgd(classifi
     assert abs(ours - theirs) <= 1.0, (ours, theirs)
 
 
-def test_apgd_follows_the_reference_apgd_step_for_step_from_the_same_start(classifier, monkeypatch):
-    """Same start (x + eps, which torchattacks takes when its uniform draw is constant): the same best points."""
+def _minus_dlr(model, y):
+    """Minus torchattacks' DLR loss per sample, in its arithmetic: -(z_y - max_{i != y} z_i) / (z_(1) - z_(3))."""
+    def loss(x, rows):
+        z = model(x)
+        z_sorted, order = z.sort(dim=1)
+        top_is_y = (order[:, -1] == y[rows]).float()
+        runner_up = z_sorted[:, -2] * top_is_y + z_sorted[:, -1] * (1.0 - top_is_y)  # max over i != y
+        dlr = -(z.gather(1, y[rows, None])[:, 0] - runner_up) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
+        return -dlr
+    return loss
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_follows_the_reference_apgd_step_for_step_from_the_same_start(loss, classifier, monkeypatch):
+    """Same start (x + eps, which torchattacks takes when its uniform draw is constant): the same best points.
+
+    With DLR (negative where the model is right) we minimise minus DLR: the reference's first step never
+    counts as a rise, as its objective is compared with the zeros its loss history starts with."""
     torchattacks = pytest.importorskip("torchattacks", reason="test dependency: pip install torchattacks")
     x, y = _data(200, 7)
     threat = ThreatModel.parse("16/255")
-    reference = torchattacks.APGD(classifier, norm="Linf", eps=threat.eps, steps=50, n_restarts=1, loss="ce", seed=0)
+    reference = torchattacks.APGD(classifier, norm="Linf", eps=threat.eps, steps=50, n_restarts=1, loss=loss, seed=0)
     with monkeypatch.context() as patch:
         patch.setattr(torch, "rand", lambda *shape, **kw: torch.full(*shape, 0.75))  # its start becomes x + eps
         x_best, _, loss_best, _ = reference.attack_single_run(x, y)
-    ours = apgd(_ce(classifier, y), x, threat, 50, x_init=x + threat.eps)
+    if loss == "ce":
+        ours = apgd(_ce(classifier, y), x, threat, 50, x_init=x + threat.eps)
+    else:
+        ours = apgd(_minus_dlr(classifier, y), x, threat, 50, x_init=x + threat.eps, maximize=False)
+        loss_best = -loss_best
     assert torch.allclose(ours.loss, loss_best, atol=1e-6)
     assert torch.allclose(ours.x_adv, x_best, atol=1e-7)

@@ -4,8 +4,11 @@ Per step: a steepest-ascent step of the sample's size, then momentum 0.75 toward
 first step). Checkpoints fall after 22 % of the steps, then at intervals shrinking by 3 % of the
 steps down to 6 %. At a checkpoint a sample halves its step and restarts from its best point if its
 objective rose in at most 75 % of the steps since the last checkpoint, or if it did not halve last
-time and its best did not improve since. The schedule depends only on the step number, so a sample
-ends where it would alone. AutoAttack starts with a step of 2 eps; RobustVLM's VLM attack with 1 eps.
+time and its best did not improve since. A rise is over the previous step's objective; the first step's
+is compared with 0, not with the start's, as in the reference (AutoAttack, torchattacks, RobustVLM), whose
+loss history starts as zeros: a negative first objective (minus CE, DLR where the model is right) is no
+rise. The schedule depends only on the step number, so a sample ends where it would alone.
+AutoAttack starts with a step of 2 eps; RobustVLM's VLM attack with 1 eps.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class ApgdState:
 
     x_adv: torch.Tensor
     x_prev: torch.Tensor
-    last: torch.Tensor  # the objective at the current iterate
+    last: torch.Tensor  # the objective at the last step (0 before the first, as in the reference)
     best: Best
     best_grad: torch.Tensor
     grad: torch.Tensor
@@ -96,7 +99,7 @@ def _start(loss_fn: LossFn, x_adv: torch.Tensor, sign: float, step_size: float, 
     active = torch.arange(n, device=device)
     objective, grad = evaluate(loss_fn, x_adv, active, sign, 0)
     return ApgdState(
-        x_adv=x_adv, x_prev=x_adv.clone(), last=objective.clone(), best=Best.start(x_adv, objective),
+        x_adv=x_adv, x_prev=x_adv.clone(), last=torch.zeros_like(objective), best=Best.start(x_adv, objective),
         best_grad=grad.clone(), grad=grad, active=active, step_size=torch.full((n,), step_size, device=device),
         rises=torch.zeros(n, device=device), best_at_checkpoint=objective.clone(),
         halved_at_checkpoint=torch.ones(n, dtype=torch.bool, device=device),
