@@ -67,6 +67,17 @@ def test_malformed_cards_name_the_file_and_field(tmp_path):
         cards.parse_card("encoders", bad)
 
 
+@pytest.mark.parametrize("field,value", [("stop_below", "ten"), ("stop_below", "true"), ("answer_comma_cut", "1"),
+                                         ("max_new_tokens", "2.5")])
+def test_task_card_fields_of_the_wrong_kind_are_named(field, value, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"type: vqa\nreader: vqa\nfiles: {{}}\n{field}: {value}\n")
+    with pytest.raises(CardError, match=f"bad.yaml: field '{field}' must be"):
+        cards.parse_card("tasks", bad)
+    bad.write_text("type: vqa\nreader: vqa\nfiles: {}\nstop_below: 2\nanswer_comma_cut: false\n")
+    assert cards.parse_card("tasks", bad).stop_below == 2  # an int is a number
+
+
 def test_missing_card_folder_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(cards, "CARD_ROOT", tmp_path)
     with pytest.raises(CardError, match="VLM_EVAL_HOME"):
