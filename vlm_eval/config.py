@@ -8,8 +8,8 @@ from typing import Any
 from vlm_eval.errors import VlmEvalError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-RESOLUTIONS = (224, 336)
-PROTOCOL_SAMPLES, PROTOCOL_SEED = 500, 42  # the FARE / Sim-CLIP evaluations' subset  # 224: robust-encoder protocol (encoder swapped in); 336: LLaVA's native tower
+RESOLUTIONS = (224, 336)  # 224: robust-encoder protocol (encoder swapped in); 336: LLaVA's native tower
+PROTOCOL_SAMPLES, PROTOCOL_SEED = 500, 42  # the FARE / Sim-CLIP evaluations' subset
 
 
 @dataclass
