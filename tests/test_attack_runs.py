@@ -171,20 +171,20 @@ def test_a_target_preset_brings_the_reference_subset_unless_one_is_given(given, 
     from vlm_eval.config import EvalConfig
     from vlm_eval.runner import resolve
 
-    resolved = resolve(EvalConfig(vlm="mini-llava", encoder="mini-clip", task="mini-coco", attack="targeted",
-                                  target="url", **given))
-    assert (resolved.n_samples, resolved.seed) == expected
-    spelled_out = EvalConfig(vlm="mini-llava", encoder="mini-clip", task="mini-coco", attack="targeted",
-                             target="Visit https://tinyurl.com/23cbjxjz")
-    other = EvalConfig(vlm="mini-llava", encoder="mini-clip", task="mini-coco", attack="targeted", target="hi")
-    assert (resolve(spelled_out).n_samples, resolve(spelled_out).seed) == (25, 2011)
-    assert (resolve(other).n_samples, resolve(other).seed) == (500, 42)
+    def subset(target: str, **config) -> tuple:
+        resolved = resolve(EvalConfig(vlm="mini-llava", encoder="mini-clip", task="mini-coco", attack="targeted",
+                                      target=target, **config))
+        return resolved.n_samples, resolved.seed
+
+    assert subset("url", **given) == expected
+    assert subset("Visit https://tinyurl.com/23cbjxjz") == (25, 2011)  # the preset's string, spelled out
+    assert subset("hi") == (500, 42)  # not a preset: the protocol's subset
 
 
 def test_a_targeted_preset_run_records_the_seed_it_used(sample, tmp_path):
+    from vlm_eval.cards import load_card
     from vlm_eval.data import select_subset
     from vlm_eval.tasks.data import read_task_samples, task_files
-    from vlm_eval.cards import load_card
 
     out = tmp_path / "run"
     args = ["--vlm", "mini-llava", "--encoder", "mini-clip", "--device", "cpu", "--task", "mini-coco",
