@@ -169,7 +169,7 @@ def test_target_presets_and_their_errors():
 ])
 def test_a_target_preset_brings_the_reference_subset_unless_one_is_given(given, expected):
     from vlm_eval.config import EvalConfig
-    from vlm_eval.runner import resolve
+    from vlm_eval.plan import resolve
 
     def subset(target: str, **config) -> tuple:
         resolved = resolve(EvalConfig(vlm="mini-llava", encoder="mini-clip", task="mini-coco", attack="targeted",
@@ -262,7 +262,7 @@ def test_ensemble_thresholds_come_from_the_task(task, stop_below, tmp_path):
     """RobustVLM stops attacking a sample under CIDEr 10 on COCO, 2 on Flickr30k, and at VQA accuracy 0."""
     from vlm_eval.cards import load_card
     from vlm_eval.config import EvalConfig
-    from vlm_eval.runner import ensemble_spec
+    from vlm_eval.plan import ensemble_spec
 
     card = load_card("tasks", task)
     assert ensemble_spec(EvalConfig(attack="ensemble"), card).stop_below == stop_below

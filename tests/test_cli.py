@@ -211,10 +211,21 @@ def test_checkpoint_with_unknown_keys_names_the_file_and_the_layouts(tmp_path, c
     (["--device", "gpu"], "unknown --device 'gpu'"),
     (["--resolution", "336", "--encoder", "fare"], "use --resolution 224"),
     (["--batch-size", "0"], "batch size must be >= 1"),
+    (["--n-samples", "0"], "--n-samples must be a number >= 1, 'all' or 'auto', got 0"),
 ])
 def test_bad_options_are_user_errors(args, message, capsys):
     assert main([*TINY, "--task", "demo", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_library_config_refuses_subset_sizes_that_are_not_counts():
+    from vlm_eval.config import EvalConfig
+    from vlm_eval.errors import VlmEvalError
+
+    for bad in (0, -3, True, "some", 2.5):
+        with pytest.raises(VlmEvalError, match="--n-samples must be"):
+            EvalConfig(n_samples=bad)
+    assert [EvalConfig(n_samples=ok).n_samples for ok in ("auto", None, 7)] == ["auto", None, 7]
 
 
 def test_native_mode_runs_the_vlm_own_tower(tmp_path):

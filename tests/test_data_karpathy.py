@@ -108,6 +108,8 @@ def test_the_kth_attacked_caption_is_the_kth_karpathy_sentence(coco_karpathy, co
         entry["sentences"] = []
     bare = read_karpathy_captions(_write(tmp_path / "bare.json", entries), tmp_path, references_json=coco_captions)
     assert task.attack_texts(bare[1]) == [f"coco caption {k} of 184613" for k in range(7)]
+    with pytest.raises(DataError, match=r"images\[1\] has no 'sentences'"):  # nothing to score against
+        read_karpathy_captions(tmp_path / "bare.json", tmp_path)
 
 
 def test_flickr_ids_are_filename_stems_and_match_coco_style_ids(tmp_path):

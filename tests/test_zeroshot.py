@@ -376,7 +376,7 @@ def test_cli_zeroshot_resolution_must_match_the_encoder(home, capsys):
 
 def test_default_run_folder_names_no_vlm():
     from vlm_eval.config import EvalConfig
-    from vlm_eval.runner import run_dir_for
+    from vlm_eval.plan import run_dir_for
 
     assert run_dir_for(EvalConfig(encoder="mini-clip", task="mini-zeroshot"), zeroshot=True).name.startswith("mini-zeroshot-mini-clip-2")
     assert run_dir_for(EvalConfig(encoder="fare4", task="coco")).name.startswith("coco-llava-fare4-2")

@@ -138,10 +138,9 @@ def _check_types(card: Any, path: Path) -> None:
         annotation = str(f.type)
         if value is None and "None" in annotation:
             continue
-        expected = kinds[annotation.split("[")[0].split(" ")[0]]
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            name = annotation.split("[")[0].split(" ")[0]
-            raise CardError(f"card {path}: field {f.name!r} must be a {name}, got {value!r}")
+        kind = annotation.split("[")[0].split(" ")[0]
+        if not isinstance(value, kinds[kind]) or (kind != "bool" and isinstance(value, bool)):
+            raise CardError(f"card {path}: field {f.name!r} must be a {kind}, got {value!r}")
 
 
 def all_cards(kind: str) -> dict[str, Any]:

@@ -92,7 +92,15 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--postprocess", choices=("llava", "openflamingo"), default=defaults.postprocess,
                    help="clean-up of answers and captions before scoring: LLaVA's own evaluation, or OpenFlamingo's "
                         "(as RobustVLM applies it to LLaVA too)")
-    attack = p.add_argument_group("attack", "an attack on the image; robust scores are the per-sample worst of clean and attacked")
+    _add_attack_arguments(p, defaults)
+    _add_semantic_arguments(p)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _add_attack_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> None:
+    attack = p.add_argument_group("attack", "an attack on the image; scores of the attacked outputs alone, and "
+                                  "robust scores: the per-sample worst of clean and attacked")
     attack.add_argument("--attack", default=defaults.attack,
                         help="none, pgd, apgd (untargeted), targeted (APGD towards --target) or ensemble "
                         "(the papers' schedule, see --schedule) (default %(default)s)")
@@ -111,6 +119,9 @@ def eval_parser() -> argparse.ArgumentParser:
                         help="evaluate the adversarial images a run with --attack saved (transfer, or re-scoring)")
     attack.add_argument("--quantize-8bit", action="store_true",
                         help="with --from-adversarial: round the images to 8 bits first, as saving a PNG would")
+
+
+def _add_semantic_arguments(p: argparse.ArgumentParser) -> None:
     semantic = p.add_argument_group("semantic checks", "how attacked samples' images and outputs are compared "
                                     "with the clean ones (docs/semantic.md)")
     semantic.add_argument("--reference-encoder", metavar="ENCODER",
@@ -120,8 +131,6 @@ def eval_parser() -> argparse.ArgumentParser:
                           help="sentence-transformers hub id or folder for the clean vs adversarial output "
                           "similarity; 'reference': the reference CLIP's text tower; 'none' skips it "
                           "(default: the VLM card's, sentence-transformers/all-MiniLM-L6-v2 for LLaVA)")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 def eval_command(argv: list[str]) -> int:
@@ -210,8 +219,10 @@ def list_command(argv: list[str]) -> int:
 
 
 def _n_samples(text: str) -> int | str | None:
-    if text in ("all", "auto"):
-        return None if text == "all" else text
+    if text == "all":
+        return None
+    if text == "auto":
+        return text
     try:
         return int(text)
     except ValueError:

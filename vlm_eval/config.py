@@ -54,8 +54,7 @@ class EvalConfig:
             raise VlmEvalError(f"batch size must be >= 1, got {self.batch_size}")
         if self.steps < 1:
             raise VlmEvalError(f"--steps must be >= 1, got {self.steps}")
-        if self.n_samples != "auto" and self.n_samples is not None and (
-                isinstance(self.n_samples, (str, bool)) or self.n_samples < 1):
+        if self.n_samples not in ("auto", None) and not (type(self.n_samples) is int and self.n_samples >= 1):
             raise VlmEvalError(f"--n-samples must be a number >= 1, 'all' or 'auto', got {self.n_samples!r}")
 
     def to_dict(self) -> dict[str, Any]:

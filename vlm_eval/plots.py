@@ -49,10 +49,10 @@ def score_figure(tables: list[Table]) -> Figure | None:
         return None
     figure, axes = panels(len(scores))
     for ax, table in zip(axes, scores):
-        columns = [column for column in table.columns if not column.attacked]  # the robust score per eps
+        robust = [k for k, column in enumerate(table.columns) if not column.attacked]  # one line: robust per eps
+        columns = [table.columns[k] for k in robust]
         for row, cells in table.rows.items():
-            points = [(column.eps, value) for column, value in zip(table.columns, cells)
-                      if value is not None and not column.attacked]
+            points = [(table.columns[k].eps, cells[k]) for k in robust if cells[k] is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", label=" + ".join(row))
         ax.set_xticks([column.eps for column in columns], [column.header for column in columns])

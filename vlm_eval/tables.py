@@ -156,19 +156,20 @@ def score_table(runs: list[Run]) -> Table:
     first, notes = runs[0], []
     untargeted = [run for run in runs if run.untargeted]
     keys, headers = sorted({_threat(run) for run in untargeted}), _threat_headers(untargeted)
+    attacked_headers = {key: f"{header} attacked" for key, header in headers.items()}
     robust = _cells(untargeted, keys, _threat, lambda run: run.metrics.get(f"{run.metric}_robust"), "lowest",
                     headers, notes)
-    attacked_headers = {key: f"{header} attacked" for key, header in headers.items()}
     attacked = _cells(untargeted, keys, _threat, lambda run: run.metrics.get(f"{run.metric}_attacked"), "lowest",
                       attacked_headers, notes)
-    shown = [any(cells[k] is not None for cells in attacked.values()) for k in range(len(keys))]
-    columns = [Column("clean", 0.0)]
-    for key, with_attacked in zip(keys, shown):
-        columns += [Column(headers[key], key[1])] + [Column(attacked_headers[key], key[1], True)] * with_attacked
-    rows = {}
-    for row, members in _group(runs, lambda run: run.row).items():
-        both = zip(robust.get(row, [None] * len(keys)), attacked.get(row, [None] * len(keys)), shown)
-        rows[row] = [_clean_value(members, notes)] + [v for r, a, show in both for v in [r] + [a] * show]
+    columns, picks = [Column("clean", 0.0)], []  # picks: (the cells, the key's position) of each value column
+    for k, key in enumerate(keys):
+        columns.append(Column(headers[key], key[1]))
+        picks.append((robust, k))
+        if any(values[k] is not None for values in attacked.values()):
+            columns.append(Column(attacked_headers[key], key[1], attacked=True))
+            picks.append((attacked, k))
+    rows = {row: [_clean_value(members, notes)] + [cells.get(row, [None] * len(keys))[k] for cells, k in picks]
+            for row, members in _group(runs, lambda run: run.row).items()}
     name = METRIC_NAMES[first.metric]
     title = f"{first.task}{' (zero-shot)' if first.vlm is None else ''}: {name}"
     return Table(title, "score", name, first.row_names, columns, rows, notes + _random_note(runs))

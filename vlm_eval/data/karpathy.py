@@ -32,7 +32,7 @@ from vlm_eval.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# (Karpathy entry, sample id, entry label for messages) -> reference captions.
+# (the entry's Karpathy sentences, sample id, entry label for messages) -> reference captions.
 _ReferencesOf = Callable[[dict[str, Any], str, str], tuple[str, ...]]
 
 
@@ -72,13 +72,14 @@ def read_karpathy_captions(
         if not isinstance(filename, str) or not filename:
             raise DataError(f"{karpathy_json}: {where} key 'filename' should be a non-empty string")
         sample_id = _sample_id(entry, filename)
+        sentences = _raw_sentences(entry, karpathy_json, where)
         samples.append(
             Sample(
                 id=sample_id,
                 image_path=resolve_path(filename, entry.get("filepath")),
-                references=references_of(entry, sample_id, where),
+                references=references_of(sentences, sample_id, where),
                 image_id=sample_id,
-                attack_texts=_raw_sentences(entry, karpathy_json, where) if entry.get("sentences") else (),
+                attack_texts=sentences,
             )
         )
     logger.info("read %d %s images from %s", len(samples), split, karpathy_json)
@@ -130,21 +131,21 @@ def _sample_id(entry: dict[str, Any], filename: str) -> str:
 def _reference_source(karpathy_json: Path, references_json: Path | None) -> _ReferencesOf:
     """Where references come from: the COCO-format file when given, else the Karpathy sentences."""
     if references_json is None:
-        return lambda entry, sample_id, where: _karpathy_sentences(entry, karpathy_json, where)
+        return lambda sentences, sample_id, where: _karpathy_references(sentences, karpathy_json, where)
     references_json = Path(references_json)
     by_image = read_coco_references(references_json)
-    return lambda entry, sample_id, where: _coco_references_of(sample_id, by_image, references_json)
+    return lambda sentences, sample_id, where: _coco_references_of(sample_id, by_image, references_json)
 
 
-def _karpathy_sentences(entry: dict[str, Any], path: Path, where: str) -> tuple[str, ...]:
-    sentences = require_list(entry, "sentences", path, where)
+def _karpathy_references(sentences: tuple[str, ...], path: Path, where: str) -> tuple[str, ...]:
     if not sentences:
-        raise DataError(f"{path}: {where} has an empty 'sentences' list")
-    return _raw_sentences(entry, path, where)
+        raise DataError(f"{path}: {where} has no 'sentences' to score against (or give a references_json)")
+    return sentences
 
 
 def _raw_sentences(entry: dict[str, Any], path: Path, where: str) -> tuple[str, ...]:
-    sentences = require_list(entry, "sentences", path, where)
+    """The entry's `sentences[k]["raw"]` in file order; none when it has no sentences."""
+    sentences = require_list(entry, "sentences", path, where) if "sentences" in entry else []
     return tuple(
         str(require(sentence, "raw", path, f"{where}.sentences[{i}]")) for i, sentence in enumerate(sentences)
     )
