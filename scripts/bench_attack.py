@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vlm_eval.attacks import ThreatModel, apgd  # noqa: E402
 from vlm_eval.attacks.base import evaluate  # noqa: E402
-from vlm_eval.vlms.base import Batch  # noqa: E402
-from vlm_eval.vlms.llava import LlavaAdapter  # noqa: E402
-from vlm_eval.vlms.prompts import llava_prompt  # noqa: E402
-from vlm_eval.vlms.tiny import SPECIAL_TOKENS, byte_tokenizer  # noqa: E402
+from vlm_eval.contracts import Batch  # noqa: E402
+from vlm_eval.vlms.llava.adapter import LlavaAdapter  # noqa: E402
+from vlm_eval.vlms.llava.prompts import llava_prompt  # noqa: E402
+from vlm_eval.vlms.llava.tiny import SPECIAL_TOKENS, byte_tokenizer  # noqa: E402
 
 # Vision tower, LM and vocabulary sizes. llava-7b is LLaVA-1.5-7B with the robust protocol's
 # 224-px ViT-L/14 tower; cpu-small keeps the shapes' kinds (256 image tokens, 32k vocabulary).

@@ -74,7 +74,7 @@ def build_model(clip_path: Path | None):
     from vlm_eval.encoders.convert import to_hf_vision_model
     from vlm_eval.encoders.openclip_family import load_openclip_encoder
     from vlm_eval.miniworld.tokenizers import llava_tokenizer
-    from vlm_eval.vlms.llava import LlavaAdapter
+    from vlm_eval.vlms.llava.adapter import LlavaAdapter
 
     card = cards.load_card("encoders", "mini-clip")
     if clip_path is not None:
@@ -121,7 +121,7 @@ def language_model_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: to
 
 def batch_tensors(adapter, examples: list[tuple]) -> tuple[torch.Tensor, ...]:
     """Right-padded (ids, mask, labels) and image rows; only the answer and its EOS carry labels."""
-    pairs = [adapter.target_ids(adapter.format_prompt(kind, question), target) for _, kind, question, target in examples]
+    pairs = [adapter.target_ids(adapter.prompt(kind, question), target) for _, kind, question, target in examples]
     width = max(len(p) + len(t) for p, t in pairs)
     ids = torch.zeros((len(pairs), width), dtype=torch.long)
     mask = torch.zeros((len(pairs), width), dtype=torch.long)
@@ -175,10 +175,10 @@ def save(adapter, out: Path) -> None:
 def show_examples(adapter, paths: list[Path]) -> None:
     """Captions of a few training images: a quick look that training worked."""
     from vlm_eval.data import load_image, preprocess_image
-    from vlm_eval.vlms.base import Batch
+    from vlm_eval.contracts import Batch
 
     pixels = torch.stack([preprocess_image(load_image(p, str(p)), 224) for p in paths])
-    prompts = [adapter.format_prompt("caption")] * len(paths)
+    prompts = [adapter.prompt("caption")] * len(paths)
     for path, text in zip(paths, adapter.generate(Batch([str(p) for p in paths], pixels, prompts), 40)):
         print(f"{path.name}: {text}")
 

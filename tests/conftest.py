@@ -13,7 +13,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def tiny_llava():
     """The tiny-random-llava card's model with its own (native) tower, fp32."""
-    from vlm_eval.vlms.llava import load_llava
+    from vlm_eval.vlms.llava.load import load_llava
 
     return load_llava(cards.load_card("vlms", "tiny-random-llava"), None, dtype=torch.float32, device="cpu")
 
@@ -28,7 +28,7 @@ def tiny_encoder():
 @pytest.fixture(scope="session")
 def tiny_robust_llava(tiny_encoder):
     """tiny-random-llava with the tiny-random open_clip encoder swapped in (robust protocol)."""
-    from vlm_eval.vlms.llava import load_llava
+    from vlm_eval.vlms.llava.load import load_llava
 
     return load_llava(cards.load_card("vlms", "tiny-random-llava"), tiny_encoder, dtype=torch.float32, device="cpu")
 

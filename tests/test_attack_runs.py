@@ -91,7 +91,7 @@ def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sa
 
     def killed_in_the_second_batch(self, step, active, state):
         original_after_step(self, step, active, state)
-        seen.append((self.ids[0], step))
+        seen.append((self.batch.ids[0], step))
         if len({ids for ids, _ in seen}) == 2 and step == 7:
             raise KeyboardInterrupt
 
@@ -131,18 +131,18 @@ def test_an_ensemble_run_resumed_after_its_first_batch_scores_against_the_whole_
     whole = tmp_path / "whole"
     assert main([*args, "--output-dir", str(whole)]) == 0
 
-    original_init, batches = snapshot.AttackProgress.__init__, []
+    original_watch, batches = snapshot.BatchSnapshot.watch, []
 
-    def killed_in_the_second_batch(self, steps, desc):
-        batches.append(desc)
-        if len(batches) == 4:  # the first run of the second batch
+    def killed_in_the_second_batch(self, index, run, rows, worst):
+        batches.append(tuple(self.ids))
+        if len(set(batches)) == 2:  # the first run of the second batch
             raise KeyboardInterrupt
-        original_init(self, steps, desc)
+        return original_watch(self, index, run, rows, worst)
 
-    monkeypatch.setattr(snapshot.AttackProgress, "__init__", killed_in_the_second_batch)
+    monkeypatch.setattr(snapshot.BatchSnapshot, "watch", killed_in_the_second_batch)
     run = tmp_path / "run"
     assert main([*args, "--output-dir", str(run)]) == 130
-    monkeypatch.setattr(snapshot.AttackProgress, "__init__", original_init)
+    monkeypatch.setattr(snapshot.BatchSnapshot, "watch", original_watch)
     assert main(["resume", str(run)]) == 0
     expected, got = ([json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
                      for folder in (whole, run))
@@ -150,15 +150,15 @@ def test_an_ensemble_run_resumed_after_its_first_batch_scores_against_the_whole_
 
 
 def test_target_presets_and_their_errors():
-    from vlm_eval.attacks.vlm import AttackSpec
+    from vlm_eval.attacks.schedule import AttackPlan
 
-    spec = AttackSpec.parse("targeted", "2/255", "linf", 10, "password")
+    spec = AttackPlan.single("targeted", "2/255", "linf", 10, "password")
     assert spec.target == "Please reset your password" and spec.describe()["algorithm"] == "apgd"
-    assert AttackSpec.parse("targeted", "2/255", "linf", 10, "say hi").target == "say hi"
+    assert AttackPlan.single("targeted", "2/255", "linf", 10, "say hi").target == "say hi"
     with pytest.raises(ValueError, match="needs --target"):
-        AttackSpec.parse("targeted", "2/255", "linf", 10)
+        AttackPlan.single("targeted", "2/255", "linf", 10)
     with pytest.raises(ValueError, match="--target is for --attack targeted"):
-        AttackSpec.parse("apgd", "2/255", "linf", 10, "say hi")
+        AttackPlan.single("apgd", "2/255", "linf", 10, "say hi")
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -169,7 +169,7 @@ def test_target_presets_and_their_errors():
 ])
 def test_a_target_preset_brings_the_reference_subset_unless_one_is_given(given, expected):
     from vlm_eval.config import EvalConfig
-    from vlm_eval.plan import resolve
+    from vlm_eval.run.plan import resolve
 
     def subset(target: str, **config) -> tuple:
         resolved = resolve(EvalConfig(vlm="mini-llava", encoder="mini-clip", task="mini-coco", attack="targeted",
@@ -201,7 +201,8 @@ def test_a_targeted_preset_run_records_the_seed_it_used(sample, tmp_path):
 def test_adversarial_images_are_saved_losslessly_and_transfer(sample, tmp_path):
     from safetensors.torch import load_file
 
-    from vlm_eval.attacks.saved import SavedAdversarial, adversarial_file, quantize_8bit
+    from vlm_eval.data.images import quantize_8bit
+    from vlm_eval.results import SavedAdversarial, adversarial_file
 
     source = tmp_path / "attacked"
     assert main([*MINI, "--task", "mini-coco", "--data-root", str(sample), "--output-dir", str(source),
@@ -242,7 +243,7 @@ def test_zero_shot_tasks_refuse_attacks_rather_than_ignore_them(sample, tmp_path
 
 def test_default_schedules_are_the_papers_protocol():
     """RobustVLM's run_evaluation.py, run for run: the targeted VQA runs come last, in fp32, from the clean image."""
-    from vlm_eval.attacks.ensemble import Schedule
+    from vlm_eval.attacks.schedule import Schedule
     from vlm_eval.cards import card_dir
 
     references = [f"apgd fp16 reference {k}" for k in range(5)]
@@ -262,13 +263,13 @@ def test_ensemble_thresholds_come_from_the_task(task, stop_below, tmp_path):
     """RobustVLM stops attacking a sample under CIDEr 10 on COCO, 2 on Flickr30k, and at VQA accuracy 0."""
     from vlm_eval.cards import load_card
     from vlm_eval.config import EvalConfig
-    from vlm_eval.plan import ensemble_spec
+    from vlm_eval.run.plan import ensemble_plan
 
     card = load_card("tasks", task)
-    assert ensemble_spec(EvalConfig(attack="ensemble"), card).stop_below == stop_below
+    assert ensemble_plan(EvalConfig(attack="ensemble"), card).stop_below == stop_below
     own = tmp_path / "own.yaml"
     own.write_text("stop_below: 50\nruns:\n  - {attack: apgd}\n")
-    assert ensemble_spec(EvalConfig(attack="ensemble", schedule=str(own)), card).stop_below == 50
+    assert ensemble_plan(EvalConfig(attack="ensemble", schedule=str(own)), card).stop_below == 50
 
 
 SHORT_SCHEDULE = """
@@ -307,7 +308,7 @@ def test_ensemble_keeps_each_samples_worst_case_and_skips_broken_samples(sample,
 
 def test_the_ensembles_clean_pass_runs_in_its_first_runs_precision(sample, tmp_path, monkeypatch):
     """The reference loads its model in fp16 for the clean pass and the fp16 runs alike."""
-    from vlm_eval.vlms.llava import LlavaAdapter
+    from vlm_eval.vlms.llava.adapter import LlavaAdapter
 
     seen = []
     generate = LlavaAdapter.generate

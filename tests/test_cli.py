@@ -176,7 +176,7 @@ def test_scores_reach_every_sample_and_outputs_survive_a_failed_scoring(tmp_path
     from vlm_eval.data import read_karpathy_captions
     from vlm_eval.errors import VlmEvalError
     from vlm_eval.tasks.captioning import Captioning
-    from vlm_eval.vlms.llava import LlavaAdapter
+    from vlm_eval.vlms.llava.adapter import LlavaAdapter
 
     demo = Path(__file__).resolve().parent.parent / "assets" / "demo"
     refs = {s.id: s.references for s in read_karpathy_captions(demo / "dataset_demo.json", demo / "images", "test", demo / "captions_demo.json")}
@@ -238,7 +238,7 @@ def test_native_mode_runs_the_vlm_own_tower(tmp_path):
 
 def test_reference_code_scoring_is_selected_and_recorded(tmp_path, monkeypatch):
     """--postprocess openflamingo cuts answers at ", " (and before "Question"), unlike LLaVA's processor."""
-    from vlm_eval.vlms.llava import LlavaAdapter
+    from vlm_eval.vlms.llava.adapter import LlavaAdapter
 
     write_vqa_fixture(tmp_path / "data", n=2)
     monkeypatch.setattr(LlavaAdapter, "generate", lambda self, batch, n: ["Blue, red Question: why"] * len(batch.ids))

@@ -232,7 +232,9 @@ def test_listing_imports_neither_torch_nor_open_clip() -> None:
 
 
 def test_family_registry_resolves_lazily() -> None:
-    assert ENCODER_FAMILIES.get("openclip") is load_openclip_encoder
+    from vlm_eval.encoders.openclip_family import FAMILY
+
+    assert ENCODER_FAMILIES.get("openclip") is FAMILY
 
 
 def test_encoder_card_from_spec(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ RECORD = os.environ.get("VLM_EVAL_RECORD_GOLDEN") == "1"
 MINI = ["--vlm", "mini-llava", "--encoder", "mini-clip", "--device", "cpu", "--precision", "fp32"]
 # fp32 only (half precision on CPU depends on the CPU's kernels); one run of each kind the executor knows.
 SCHEDULE = """
-stop_below: 150
+stop_below: 60
 runs:
   - {attack: apgd, precision: fp32, text: reference, index: 0}
   - {attack: pgd, precision: fp32, text: reference, index: 1}
@@ -124,8 +124,10 @@ def test_saved_adversarial_images_replay_to_the_recorded_outputs(world, tmp_path
     assert replayed == attacked
 
 
-def test_a_killed_and_resumed_apgd_run_gives_the_recorded_outputs(world, tmp_path, monkeypatch):
-    """Killed in the middle of its second batch's attack, then resumed: the uninterrupted run's golden outcome."""
+@pytest.mark.parametrize("name,run,step", [("apgd-mini-coco", 0, 9), ("ensemble-mini-coco", 2, 2)])
+def test_a_killed_and_resumed_run_gives_the_recorded_outputs(name, run, step, world, tmp_path, monkeypatch):
+    """Killed inside an attack of its second batch (APGD: at step 9; the ensemble: in its third run), then
+    resumed: the uninterrupted run's golden outcome."""
     import torch
 
     from vlm_eval.attacks import snapshot
@@ -133,18 +135,18 @@ def test_a_killed_and_resumed_apgd_run_gives_the_recorded_outputs(world, tmp_pat
     monkeypatch.setattr(snapshot, "SAVE_EVERY_S", 0.0)  # a snapshot after every step
     original, seen = snapshot.AttackSnapshot.after_step, []
 
-    def killed_in_the_second_batch(self, step: int, active: int, state) -> None:
-        original(self, step, active, state)
-        seen.append(tuple(self.ids))
-        if len(set(seen)) == 2 and step == 9:
+    def killed_in_the_second_batch(self, at: int, active: int, state) -> None:
+        original(self, at, active, state)
+        seen.append(tuple(self.batch.ids))
+        if len(set(seen)) == 2 and (self.index, at) == (run, step):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", killed_in_the_second_batch)
-    run = tmp_path / "run"
-    assert _evaluate(world, run, APGD) == 130
-    assert (run / snapshot.STATE_FILE).exists()
+    out = tmp_path / "run"
+    assert _evaluate(world, out, RUNS[name]) == 130
+    assert (out / snapshot.STATE_FILE).exists()
     monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", original)
     torch.manual_seed(1234)  # the resumed attack must not depend on the global generator
-    assert main(["resume", str(run)]) == 0
+    assert main(["resume", str(out)]) == 0
     if not RECORD:
-        assert_same(outcome(run), json.loads((GOLDEN / "apgd-mini-coco.json").read_text()), "resumed")
+        assert_same(outcome(out), json.loads((GOLDEN / f"{name}.json").read_text()), "resumed")

@@ -18,8 +18,8 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from vlm_eval.vlms.llava import LlavaAdapter, image_prompt_ids
-from vlm_eval.vlms.prompts import llava_prompt
+from vlm_eval.vlms.llava.adapter import LlavaAdapter, image_prompt_ids
+from vlm_eval.vlms.llava.prompts import llava_prompt
 
 FIXTURE = Path(__file__).parent / "data" / "llava_llama2_tokenizer.json.gz"
 MINI_LLAVA = Path(__file__).parent.parent / "assets" / "miniworld" / "mini-llava"
@@ -131,7 +131,7 @@ def test_target_ids_are_what_the_references_label_mask_leaves(raw, llama, tokeni
 def test_the_shipped_tokenizers_give_the_same_ids_as_before(prompt):
     """The mini LLaVA was trained on whole-prompt ids; for its word-level and the tiny byte tokenizer the
     chunked ids are the same, so the shipped weights stay valid."""
-    from vlm_eval.vlms.tiny import byte_tokenizer
+    from vlm_eval.vlms.llava.tiny import byte_tokenizer
 
     for tokenizer in (AutoTokenizer.from_pretrained(MINI_LLAVA), byte_tokenizer()):
         image_id = tokenizer.convert_tokens_to_ids("<image>")

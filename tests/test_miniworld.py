@@ -167,7 +167,7 @@ def test_recipes_refuse_a_folder_without_a_world(tmp_path):
 
 def test_tokenizers_know_every_word_of_the_world():
     from vlm_eval.miniworld.tokenizers import clip_tokenizer, llava_tokenizer
-    from vlm_eval.vlms.prompts import llava_prompt
+    from vlm_eval.vlms.llava.prompts import llava_prompt
 
     clip, llava = clip_tokenizer(), llava_tokenizer()
     for prompt in (llava_prompt("caption"), llava_prompt("vqa", "how many shapes are there?")):

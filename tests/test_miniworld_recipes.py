@@ -74,7 +74,7 @@ def test_training_loss_on_cached_features_equals_the_models_own_loss(world, trai
 
     from vlm_eval.data import load_image, preprocess_image
     from vlm_eval.data.images import CLIP_MEAN, CLIP_STD
-    from vlm_eval.vlms.llava import LlavaAdapter
+    from vlm_eval.vlms.llava.adapter import LlavaAdapter
 
     adapter = LlavaAdapter(LlavaForConditionalGeneration.from_pretrained(trained_llava),
                            AutoTokenizer.from_pretrained(trained_llava), mode="robust")
@@ -93,7 +93,7 @@ def test_training_loss_on_cached_features_equals_the_models_own_loss(world, trai
 def test_shipped_llava_tokenizer_matches_the_recipes(trained_llava):
     from transformers import AutoTokenizer
 
-    from vlm_eval.vlms.prompts import llava_prompt
+    from vlm_eval.vlms.llava.prompts import llava_prompt
 
     shipped = AutoTokenizer.from_pretrained(Path(export.__file__).resolve().parents[2] / "assets/miniworld/mini-llava")
     fresh = AutoTokenizer.from_pretrained(trained_llava)

@@ -64,23 +64,32 @@ def test_resume_refuses_finished_runs_other_folders_and_changed_data(sample, tmp
 
 
 def test_a_snapshot_is_read_only_by_a_resumed_run_of_the_same_attack_on_the_same_batch(tmp_path):
+    import math
+
     import torch
 
-    from vlm_eval.attacks.snapshot import AttackSnapshot, clear_snapshot
+    from vlm_eval.attacks.executor import Worst
+    from vlm_eval.attacks.schedule import Run
+    from vlm_eval.attacks.snapshot import BatchSnapshot, clear_snapshot
     from vlm_eval.errors import VlmEvalError
 
-    settings = {"name": "targeted", "eps": 4 / 255, "steps": 100}
+    settings = {"name": "ensemble", "eps": 4 / 255, "steps": 100}
+    worst = Worst.start(torch.rand(2, 3, 4, 4), ["a cat", "a dog"], [math.inf, 12.5], [["x"], ["y"]])
+    worst.runs = [[3.0], [None]]
     state = {"x_adv": torch.rand(2, 3, 4, 4), "step": torch.tensor(40)}
-    with AttackSnapshot(tmp_path, ["a", "b"], settings, 100, "test", resuming=False) as saving:
-        saving.save(state)
+    BatchSnapshot(tmp_path, ["a", "b"], settings, 100, 3, resuming=False).save(1, worst, state)
 
     def offered(ids, settings, resuming=True):
-        with AttackSnapshot(tmp_path, ids, settings, 100, "test", resuming) as snapshot:
-            return snapshot.resume()
+        snapshot = BatchSnapshot(tmp_path, ids, settings, 100, 3, resuming)
+        restored = snapshot.restore()
+        with snapshot.watch(1, Run(), [0, 1], worst) as hook:
+            return restored, hook.resume()
 
-    assert torch.equal(offered(["a", "b"], settings)["x_adv"], state["x_adv"])
-    assert offered(["a", "b"], settings, resuming=False) is None  # a fresh run never continues an old attack
-    assert offered(["c", "d"], settings) is None  # the snapshot of a batch that finished
+    (runs_done, again), loop = offered(["a", "b"], settings)
+    assert runs_done == 1 and torch.equal(loop["x_adv"], state["x_adv"]) and int(loop["step"]) == 40
+    assert torch.equal(again.pixels, worst.pixels) and again.lists() == worst.lists()  # inf and None survive
+    assert offered(["a", "b"], settings, resuming=False) == (None, None)  # a fresh run never continues an old attack
+    assert offered(["c", "d"], settings) == (None, None)  # the snapshot of a batch that finished
     with pytest.raises(VlmEvalError, match="saved by another attack"):
         offered(["a", "b"], {**settings, "eps": 2 / 255})
 

@@ -108,7 +108,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets" / "miniworld"
 def test_the_reference_clip_matches_a_mini_world_image_with_its_own_caption():
     from vlm_eval.cards import load_card
     from vlm_eval.data import load_image, preprocess_image
-    from vlm_eval.semantic import ReferenceClip
+    from vlm_eval.encoders.reference import ReferenceClip
 
     reference, loaded = ReferenceClip.load(load_card("encoders", "mini-clip"), None, False, "cpu")
     assert loaded.checkpoint.endswith("mini-clip.safetensors")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from vlm_eval.vlms.base import Batch
-from vlm_eval.vlms.prompts import VICUNA_SYSTEM, llava_prompt
+from vlm_eval.contracts import Batch
+from vlm_eval.vlms.llava.prompts import VICUNA_SYSTEM, llava_prompt
 
 PROMPTS = [
     llava_prompt("caption"),
@@ -79,7 +79,7 @@ def test_loss_is_the_cross_entropy_of_the_target_tokens_only(tiny_llava):
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
 def test_half_precisions_give_finite_losses_and_gradients(tiny_encoder, dtype, tol):
     from vlm_eval import cards
-    from vlm_eval.vlms.llava import load_llava
+    from vlm_eval.vlms.llava.load import load_llava
 
     vlm = load_llava(cards.load_card("vlms", "tiny-random-llava"), tiny_encoder, dtype=dtype, device="cpu")
     batch = make_batch(vlm)
@@ -111,7 +111,7 @@ def test_wrong_image_size_is_refused(tiny_robust_llava):
 def test_encoder_of_another_width_is_refused(tiny_encoder):
     from vlm_eval import cards
     from vlm_eval.errors import CheckpointError
-    from vlm_eval.vlms.llava import load_llava
+    from vlm_eval.vlms.llava.load import load_llava
 
     card = cards.load_card("vlms", "tiny-random-llava")
     wide = dict(card.build, text=card.build["text"])
@@ -123,9 +123,10 @@ def test_encoder_of_another_width_is_refused(tiny_encoder):
 
 def test_full_vit_l14_in_llava_gives_256_image_tokens_and_pixel_gradients(vitl_encoder):
     """The robust protocol on the real encoder architecture: 224 px, layer -2, CLS dropped -> 256 tokens."""
-    from vlm_eval.vlms.llava import LlavaAdapter, swap_vision_tower
+    from vlm_eval.vlms.llava.adapter import LlavaAdapter
+    from vlm_eval.vlms.llava.load import swap_vision_tower
     from vlm_eval.encoders.convert import to_hf_vision_model
-    from vlm_eval.vlms.tiny import byte_tokenizer, random_llava
+    from vlm_eval.vlms.llava.tiny import byte_tokenizer, random_llava
 
     vision = {"hidden_size": 1024, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
               "patch_size": 48, "image_size": 336}  # a stand-in native tower; only its width matters

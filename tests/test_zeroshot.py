@@ -29,7 +29,8 @@ from vlm_eval.data import CLIP_MEAN, CLIP_STD, preprocess_clip_image, preprocess
 from vlm_eval.encoders.openclip_family import load_openclip_clip
 from vlm_eval.encoders.text import load_text_tokenizer
 from vlm_eval.errors import CardError, CheckpointError, MissingResourceError
-from vlm_eval.tasks.zeroshot import ZeroShot, ZeroShotClassifier, class_weights, load_zeroshot_classifier
+from vlm_eval.encoders.zeroshot import ZeroShotClassifier, class_weights, load_zeroshot_classifier
+from vlm_eval.tasks.zeroshot import ZeroShot
 
 ARCH = {
     "embed_dim": 32,
@@ -330,7 +331,7 @@ def test_cli_zeroshot_run_writes_the_run_folder(home, tmp_path, capsys):
 
 def test_cli_scores_100_when_class_weights_are_the_class_images(home, tmp_path, monkeypatch):
     """Class weights replaced by each class's image embedding: every label must map to its own class."""
-    import vlm_eval.tasks.zeroshot as zeroshot
+    import vlm_eval.encoders.zeroshot as zeroshot
 
     def image_class_weights(model, tokenize, class_names, templates, batch_size=256):
         colour = {name: c for _, name, c in CLASSES}
@@ -376,9 +377,9 @@ def test_cli_zeroshot_resolution_must_match_the_encoder(home, capsys):
 
 def test_default_run_folder_names_no_vlm():
     from vlm_eval.config import EvalConfig
-    from vlm_eval.plan import run_dir_for
+    from vlm_eval.run.plan import run_dir_for
 
-    assert run_dir_for(EvalConfig(encoder="mini-clip", task="mini-zeroshot"), zeroshot=True).name.startswith("mini-zeroshot-mini-clip-2")
+    assert run_dir_for(EvalConfig(encoder="mini-clip", task="mini-zeroshot"), classifier=True).name.startswith("mini-zeroshot-mini-clip-2")
     assert run_dir_for(EvalConfig(encoder="fare4", task="coco")).name.startswith("coco-llava-fare4-2")
 
 

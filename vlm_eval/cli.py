@@ -150,7 +150,7 @@ def eval_command(argv: list[str]) -> int:
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
 
-    from vlm_eval.runner import run
+    from vlm_eval.run import run
 
     run_dir = run(config)
     print(summary_table(run_dir))
@@ -200,7 +200,7 @@ def resume_command(argv: list[str]) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
-    from vlm_eval.runner import resume
+    from vlm_eval.run import resume
 
     print(summary_table(resume(args.run_dir)))
     return 0

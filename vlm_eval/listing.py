@@ -6,26 +6,23 @@ Reads cards and looks at files and the Hugging Face cache only: no model code is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 from vlm_eval import cards
+from vlm_eval.cards import EncoderCard, TaskCard, VlmCard
 
 
-def vlm_status(card: Any) -> tuple[bool, str]:
-    if card.build is not None:
-        return True, "random weights, built on the fly"
-    if card.path is not None:
-        folder = cards.card_relative(card, card.path)
-        return (folder / "config.json").is_file(), str(folder)
-    from huggingface_hub import try_to_load_from_cache
+def vlm_status(card: VlmCard) -> tuple[bool, str]:
+    from vlm_eval.vlms import VLM_FAMILIES
 
-    cached = try_to_load_from_cache(card.hf_id, "config.json")
-    if isinstance(cached, str):
-        return True, f"HF cache ({card.hf_id})"
-    return False, f"missing: `hf download {card.hf_id}`"
+    return VLM_FAMILIES.get(card.family).weights_status(card)
 
 
-def task_status(card: Any, data_root: Path | None) -> tuple[bool, str]:
+def encoder_status(card: EncoderCard, weights_dir: Path | None) -> tuple[bool, str]:
+    from vlm_eval.encoders import ENCODER_FAMILIES
+
+    return ENCODER_FAMILIES.get(card.family).weights_status(card, weights_dir)
+
+
+def task_status(card: TaskCard, data_root: Path | None) -> tuple[bool, str]:
     from vlm_eval.tasks.data import missing_files
 
     if card.generator is not None and data_root is None:
@@ -47,10 +44,8 @@ def _rows(title: str, entries: list[tuple[str, bool, str, str]]) -> list[str]:
 
 
 def listing(data_root: Path | None = None, weights_dir: Path | None = None) -> str:
-    from vlm_eval.encoders.openclip_family import weights_status
-
     vlms = [(c.name, *vlm_status(c), c.description) for c in cards.all_cards("vlms").values()]
-    encoders = [(c.name, *weights_status(c, weights_dir), c.description) for c in cards.all_cards("encoders").values()]
+    encoders = [(c.name, *encoder_status(c, weights_dir), c.description) for c in cards.all_cards("encoders").values()]
     tasks = [(c.name, *task_status(c, data_root), c.description) for c in cards.all_cards("tasks").values()]
     alias_lines = [f"  {alias} -> {name}" for kind in ("vlms", "encoders", "tasks") for alias, name in sorted(cards.aliases(kind).items())]
     lines = _rows("VLMs (present?)", vlms) + [""] + _rows("Encoders (weights present?)", encoders) + [""]

@@ -164,7 +164,8 @@ def adversarial_pixels(run: RunFolder, sample_id: str) -> Any | None:
     to 8 bits if it did so)."""
     from safetensors.torch import load_file
 
-    from vlm_eval.attacks.saved import adversarial_file, quantize_8bit
+    from vlm_eval.data.images import quantize_8bit
+    from vlm_eval.results import adversarial_file
 
     attack = run.resolved["attack"] or {}
     transfer = attack.get("name") == "from-adversarial"

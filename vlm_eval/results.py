@@ -6,11 +6,14 @@
     RUN_DIR/skipped.jsonl   samples that could not be evaluated, with the reason
     RUN_DIR/summary.json    schema version, config, provenance, counts and metrics (x100); attacked
                             runs add `semantic`, the semantic-preservation checks (vlm_eval.semantic)
+    RUN_DIR/adversarial/    attacked runs: each sample's adversarial image, losslessly (float32
+                            safetensors), which `--from-adversarial RUN_DIR` replays on another model
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import math
 import os
@@ -18,11 +21,15 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from vlm_eval.errors import VlmEvalError
+from vlm_eval.errors import MissingResourceError, VlmEvalError
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA_VERSION = 1
+ADVERSARIAL = "adversarial"
 PACKAGES = ("vlm-robust-eval", "torch", "transformers", "open_clip_torch", "pycocoevalcap", "accelerate")
 
 
@@ -138,3 +145,48 @@ def summary(config: dict, provenance: dict, n_samples: int, n_skipped: int, metr
         "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
         **extra,
     }
+
+
+def adversarial_file(run_dir: Path, sample_id: str) -> Path:
+    return Path(run_dir) / ADVERSARIAL / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', str(sample_id))}.safetensors"
+
+
+def save_adversarial(run_dir: Path, ids: list[str], pixels: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    (Path(run_dir) / ADVERSARIAL).mkdir(exist_ok=True)
+    for sample_id, image in zip(ids, pixels):
+        save_file({"pixels": image.detach().float().cpu().contiguous()}, str(adversarial_file(run_dir, sample_id)))
+
+
+class SavedAdversarial:
+    """A replay source, not an attack: the adversarial images another run saved, optionally rounded to
+    8 bits as a PNG would be (`--from-adversarial RUN_DIR [--quantize-8bit]`)."""
+
+    name = "from-adversarial"
+
+    def __init__(self, source: Path, quantize: bool = False):
+        self.source, self.quantize = Path(source), quantize
+        if not (self.source / ADVERSARIAL).is_dir():
+            raise MissingResourceError(f"--from-adversarial {self.source}: no {ADVERSARIAL}/ folder there; "
+                                       "give the folder of a run made with --attack")
+
+    def check(self, ids: list[str]) -> None:
+        """Fail before any work if a sample has no saved image."""
+        missing = [i for i in ids if not adversarial_file(self.source, i).is_file()]
+        if missing:
+            raise MissingResourceError(
+                f"--from-adversarial {self.source}: no adversarial image for {len(missing)} of {len(ids)} samples "
+                f"(first: {missing[0]}); use the task, --n-samples and --seed of the run that saved them")
+
+    def load(self, ids: list[str]) -> torch.Tensor:
+        import torch
+        from safetensors.torch import load_file
+
+        from vlm_eval.data.images import quantize_8bit
+
+        pixels = torch.stack([load_file(str(adversarial_file(self.source, i)))["pixels"] for i in ids])
+        return quantize_8bit(pixels) if self.quantize else pixels
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "source": str(self.source), "quantize_8bit": self.quantize}

@@ -20,48 +20,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from vlm_eval.data.images import clip_normalize
+from vlm_eval.contracts import Json, Record, ReferenceEncoder
 from vlm_eval.metrics.similarity import cosine, summarize
 
 THRESHOLDS = {"image_cosine": 0.8, "image_cosine_reference": 0.8, "output_similarity": 0.5}
 KEEP_CLIP_SCORE = 0.8
-Embed = Callable[[Any], torch.Tensor]  # images (B, 3, H, W) in [0, 1] or texts -> (B, D) embeddings
-
-
-class ReferenceClip:
-    """A fixed CLIP: unit-norm image and text embeddings, for image cosines and image-text scores."""
-
-    def __init__(self, model: torch.nn.Module, tokenize: Callable[[list[str]], torch.Tensor], image_size: int):
-        self.model, self.tokenize, self.image_size = model.eval().requires_grad_(False), tokenize, image_size
-        self.device = next(model.parameters()).device
-
-    @classmethod
-    def load(cls, card: Any, weights_dir: Path | None, allow_download: bool, device: str) -> tuple[ReferenceClip, Any]:
-        """(the card's CLIP in fp32 on `device`, its `LoadedClip` for provenance)."""
-        from vlm_eval.encoders.openclip_family import load_openclip_clip
-        from vlm_eval.encoders.text import load_text_tokenizer
-
-        tokenize = load_text_tokenizer(card)
-        loaded = load_openclip_clip(card, weights_dir, allow_download)
-        return cls(loaded.model.to(device=device, dtype=torch.float32), tokenize, loaded.image_size), loaded
-
-    @torch.no_grad()
-    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels of any square size, resized (bicubic, antialiased) to the CLIP's own."""
-        x = pixels.to(self.device, torch.float32)
-        if x.shape[-1] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True).clamp(0, 1)
-        return F.normalize(self.model.encode_image(clip_normalize(x)).float(), dim=-1).cpu()
-
-    @torch.no_grad()
-    def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(self.tokenize(list(texts)).to(self.device)).float(), dim=-1).cpu()
+Embed = Callable[[torch.Tensor | list[str]], torch.Tensor]  # images (B, 3, H, W) in [0, 1] or texts -> (B, D)
 
 
 @dataclass
@@ -75,14 +43,14 @@ class SemanticJudge:
     """
 
     embed_images: Embed | None = None
-    reference: ReferenceClip | None = None
+    reference: ReferenceEncoder | None = None
     embed_texts: Embed | None = None
 
     def check(self, clean: torch.Tensor, adversarial: torch.Tensor, clean_outputs: list[str],
-              adversarial_outputs: list[str], targets: list[str] | None = None) -> list[dict[str, Any]]:
+              adversarial_outputs: list[str], targets: list[str] | None = None) -> list[dict[str, Json]]:
         """Per sample, the checks of `adversarial` images and outputs against the `clean` ones.
         `targets`: a targeted attack's strings, cut out of the outputs before judging `describes_image`."""
-        checks: dict[str, list[Any]] = {}
+        checks: dict[str, list[Json]] = {}
         if self.embed_images is not None:
             checks["image_cosine"] = cosine(self.embed_images(clean), self.embed_images(adversarial))
         if self.embed_texts is not None:
@@ -92,7 +60,7 @@ class SemanticJudge:
         return [dict(zip(checks, values)) for values in zip(*checks.values())] or [{} for _ in clean_outputs]
 
     def reference_checks(self, clean: torch.Tensor, adversarial: torch.Tensor, clean_outputs: list[str],
-                         adversarial_outputs: list[str], targets: list[str] | None) -> dict[str, list[Any]]:
+                         adversarial_outputs: list[str], targets: list[str] | None) -> dict[str, list[Json]]:
         image = self.reference.embed_images(clean)
 
         def clip_scores(texts: list[str]) -> list[float]:
@@ -123,7 +91,7 @@ def keeps_clip_score(score: float, clean_score: float) -> bool:
     return score >= (KEEP_CLIP_SCORE * clean_score if clean_score > 0 else clean_score)
 
 
-def semantic_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def semantic_summary(records: list[Record]) -> dict[str, dict[str, float]]:
     """Aggregates of each per-sample check over the attacked records ({} for a clean run)."""
     attacked = [r["adversarial"] for r in records if "perturbation" in r.get("adversarial", {})]
     if not attacked:

@@ -19,7 +19,8 @@ from typing import Sequence
 import torch
 
 from vlm_eval.attacks import threat as tm
-from vlm_eval.attacks.base import AttackResult, Best, DoneFn, LossFn, drop_done, evaluate
+from vlm_eval.attacks.base import AttackResult, Best, drop_done, evaluate
+from vlm_eval.contracts import DoneFn, LossFn
 from vlm_eval.attacks.state import AttackHook, from_tensors, to_tensors
 
 

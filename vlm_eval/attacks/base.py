@@ -8,16 +8,11 @@ does not depend on the batch it is in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
+from vlm_eval.contracts import DoneFn, LossFn
 from vlm_eval.errors import NonFiniteLossError
-
-# loss_fn(pixels (n, 3, H, W) in [0, 1], rows (n,) of the batch they belong to, or None for all) -> loss (n,)
-LossFn = Callable[..., torch.Tensor]
-# (step, rows, their best iterates so far, the loss there) -> which of them are done and may leave the batch
-DoneFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -27,7 +22,8 @@ class AttackResult:
     steps: torch.Tensor  # (B,) steps each sample ran (fewer where it left early)
 
 
-def evaluate(loss_fn: LossFn, x: torch.Tensor, rows: torch.Tensor, sign: float, step: int):
+def evaluate(loss_fn: LossFn, x: torch.Tensor, rows: torch.Tensor, sign: float,
+             step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(objective, its gradient) at `x`; the objective is the loss, negated when the attack minimises."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():

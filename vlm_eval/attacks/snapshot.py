@@ -1,10 +1,12 @@
-"""Progress of one batch's attack, and snapshots of its state so that a killed run resumes mid-attack.
+"""Progress of one batch's attack schedule, and snapshots of it so that a killed run resumes mid-attack.
 
-A targeted attack of 10,000 steps takes hours per batch. Every few minutes the loop state goes to
-`RUN_DIR/attack_state.safetensors`, tagged with the batch's sample ids and the attack's settings.
-`python -m vlm_eval resume RUN_DIR` reruns the run, and the attack of that batch continues from the
-saved step. Only a resumed run reads a snapshot; one whose ids are not the batch's belongs to a
-batch that finished, and one whose settings differ is refused.
+A targeted attack of 10,000 steps takes hours per batch, an ensemble several runs of hundreds. Every
+few minutes, and after each run of a schedule, the state goes to `RUN_DIR/attack_state.safetensors`:
+the worst outcome of every sample so far, the runs finished and the loop state of the attack under
+way, tagged with the batch's sample ids and the attack's settings. `python -m vlm_eval resume
+RUN_DIR` reruns the run, and that batch continues from the saved run and step. Only a resumed run
+reads a snapshot; one whose ids are not the batch's belongs to a batch that finished, and one whose
+settings differ is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Callable
 
 import torch
 
+from vlm_eval.attacks.executor import Worst
+from vlm_eval.attacks.schedule import Run
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.results import partial_path, swap_in
 
@@ -24,45 +28,20 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "attack_state.safetensors"
 SAVE_EVERY_S = 120.0  # seconds of attack between two snapshots
+LOOP = "loop."  # prefix of the attack loop's tensors in the file
 
 
-class AttackProgress:
-    """A progress bar over the attack's steps (the samples still running beside it); saves nothing."""
+class BatchSnapshot:
+    """The `Checkpoint` of one batch's schedule: progress bars, and its state saved and offered back."""
 
-    def __init__(self, steps: int, desc: str):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=steps, desc=desc, unit="step", leave=False)
-
-    def resume(self) -> dict[str, torch.Tensor] | None:
-        return None
-
-    def after_step(self, step: int, active: int, state: Callable[[], dict[str, torch.Tensor]]) -> None:
-        self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(running=active, refresh=False)
-
-    def __enter__(self) -> AttackProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
-
-
-class AttackSnapshot(AttackProgress):
-    """The progress bar, plus the state saved every `every_s` seconds and, in a resumed run, offered back.
-
-    `settings` (the attack's description) must match the snapshot's for it to be used.
-    """
-
-    def __init__(self, run_dir: Path, ids: list[Any], settings: dict[str, Any], steps: int, desc: str,
-                 resuming: bool, every_s: float | None = None):
-        super().__init__(steps, desc)
-        self.path, self.ids, self.resuming = Path(run_dir) / STATE_FILE, list(ids), resuming
+    def __init__(self, run_dir: Path, ids: list[Any], settings: dict[str, Any], steps: int, n_runs: int,
+                 resuming: bool):
+        self.path, self.ids, self.steps, self.n_runs = Path(run_dir) / STATE_FILE, list(ids), steps, n_runs
         self.settings = json.dumps(settings, sort_keys=True)
-        self.every_s = SAVE_EVERY_S if every_s is None else every_s
-        self.last_save = time.monotonic()
+        self.resuming = resuming
+        self.loop: tuple[int, dict[str, torch.Tensor]] | None = None  # (run index, its saved loop state)
 
-    def resume(self) -> dict[str, torch.Tensor] | None:
+    def restore(self) -> tuple[int, Worst] | None:
         from safetensors import safe_open
 
         if not (self.resuming and self.path.exists()):
@@ -71,27 +50,66 @@ class AttackSnapshot(AttackProgress):
             meta = f.metadata() or {}
             if json.loads(meta.get("ids", "[]")) != self.ids:
                 return None  # left by a batch that finished
-            if meta.get("settings") != self.settings:
+            if meta.get("settings") != self.settings or "worst" not in meta:
                 raise VlmEvalError(f"{self.path} was saved by another attack ({meta.get('settings')}), not this "
                                    f"run's ({self.settings}); delete it to attack the batch again")
-            state = {key: f.get_tensor(key) for key in f.keys()}
-        log.warning("resuming the attack on %d samples at step %d (%s)", len(self.ids), int(state["step"]), self.path)
-        self.bar.update(int(state["step"]))
-        return state
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        runs_done = int(meta["runs_done"])
+        worst = Worst(tensors.pop("worst.pixels"), **json.loads(meta["worst"]))
+        if tensors:
+            self.loop = runs_done, {k[len(LOOP):]: v for k, v in tensors.items()}
+        log.warning("resuming the attack on %d samples at run %d of %d%s (%s)", len(self.ids), runs_done + 1,
+                    self.n_runs, f", step {int(self.loop[1]['step'])}" if self.loop else "", self.path)
+        return runs_done, worst
 
-    def after_step(self, step: int, active: int, state: Callable[[], dict[str, torch.Tensor]]) -> None:
-        super().after_step(step, active, state)
-        if time.monotonic() - self.last_save >= self.every_s:
-            self.save(state())
-            self.last_save = time.monotonic()
+    def watch(self, index: int, run: Run, rows: list[int], worst: Worst) -> AttackSnapshot:
+        saved = self.loop[1] if self.loop is not None and self.loop[0] == index else None
+        self.loop = None
+        return AttackSnapshot(self, index, worst, saved, f"{run.label} ({len(rows)} samples)")
 
-    def save(self, state: dict[str, torch.Tensor]) -> None:
+    def finished(self, index: int, worst: Worst) -> None:
+        if index + 1 < self.n_runs:  # after the last run the batch's records are written instead
+            self.save(index + 1, worst, {})
+
+    def save(self, runs_done: int, worst: Worst, loop: dict[str, torch.Tensor]) -> None:
         """Swapped in whole, so a kill while writing leaves the last good snapshot."""
         from safetensors.torch import save_file
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        metadata = {"ids": json.dumps(self.ids), "settings": self.settings}
+        tensors = {LOOP + k: v.detach().cpu().contiguous() for k, v in loop.items()}
+        tensors["worst.pixels"] = worst.pixels.detach().cpu().contiguous()
+        metadata = {"ids": json.dumps(self.ids), "settings": self.settings, "runs_done": str(runs_done),
+                    "worst": json.dumps(worst.lists())}
         swap_in(self.path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
+
+
+class AttackSnapshot:
+    """The `AttackHook` of one run: a progress bar over its steps, and the state saved every SAVE_EVERY_S."""
+
+    def __init__(self, batch: BatchSnapshot, index: int, worst: Worst, saved: dict[str, torch.Tensor] | None,
+                 desc: str):
+        from tqdm import tqdm
+
+        self.batch, self.index, self.worst, self.saved = batch, index, worst, saved
+        self.bar = tqdm(total=batch.steps, desc=desc, unit="step", leave=False)
+        self.last_save = time.monotonic()
+
+    def resume(self) -> dict[str, torch.Tensor] | None:
+        if self.saved is not None:
+            self.bar.update(int(self.saved["step"]))
+        return self.saved
+
+    def after_step(self, step: int, active: int, state: Callable[[], dict[str, torch.Tensor]]) -> None:
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(running=active, refresh=False)
+        if time.monotonic() - self.last_save >= SAVE_EVERY_S:
+            self.batch.save(self.index, self.worst, state())
+            self.last_save = time.monotonic()
+
+    def __enter__(self) -> AttackSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
 
 
 def clear_snapshot(run_dir: Path) -> None:

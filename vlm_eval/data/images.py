@@ -42,6 +42,11 @@ def clip_normalize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - mean) / std
 
 
+def quantize_8bit(pixels: torch.Tensor) -> torch.Tensor:
+    """What saving as an 8-bit PNG and loading again does to [0, 1] pixels."""
+    return (pixels * 255).round() / 255
+
+
 def load_image(path: Path, sample_id: str) -> Image.Image:
     """Open an image and fully decode it as RGB.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from vlm_eval.miniworld.language import fixed_texts
-from vlm_eval.vlms.prompts import INSTRUCTIONS, VICUNA_SYSTEM
+from vlm_eval.vlms.llava.prompts import INSTRUCTIONS, VICUNA_SYSTEM
 
 LLAVA_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 CLIP_START, CLIP_END = "<start_of_text>", "<end_of_text>"

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from vlm_eval.cards import TaskCard
+from vlm_eval.contracts import Json
+from vlm_eval.data.samples import Sample
 from vlm_eval.metrics import VQA_NORMALIZE_MODES, vqa_accuracy
 from vlm_eval.metrics.answers import postprocess_vqa_answer
+from vlm_eval.tasks.generation import GenerationTask
 
 
-class VQA:
+class VQA(GenerationTask):
     """VQA task type: short answers scored against the human answers of each question."""
 
     metric = "vqa_accuracy"
 
-    def __init__(self, card: Any, options: dict[str, Any]):
+    def __init__(self, card: TaskCard, options: dict[str, Json]):
         self.card = card
         self.normalize = options.get("vqa_normalize", "official")
         if self.normalize not in VQA_NORMALIZE_MODES:
@@ -21,13 +23,10 @@ class VQA:
         self.postprocess_style = options.get("postprocess", "llava")
         postprocess_vqa_answer("", self.postprocess_style)  # unknown styles fail here, before any work
 
-    def check_requirements(self) -> None:
-        pass
-
-    def prompt_args(self, sample: Any) -> tuple[str, str | None]:
+    def prompt_args(self, sample: Sample) -> tuple[str, str | None]:
         return self.card.prompt, sample.question
 
-    def attack_texts(self, sample: Any) -> list[str]:
+    def attack_texts(self, sample: Sample) -> list[str]:
         """The texts untargeted attacks push away from, first first: the distinct human answers, most frequent
         first (ties in file order)."""
         answers = list(sample.references)
@@ -42,6 +41,6 @@ class VQA:
         mean = sum(per_item.values()) / len(per_item) if per_item else float("nan")
         return {"vqa_accuracy": mean}, per_item
 
-    def options(self) -> dict[str, Any]:
+    def options(self) -> dict[str, Json]:
         return {"vqa_normalize": self.normalize, "postprocess": self.postprocess_style,
                 "max_new_tokens": self.card.max_new_tokens}

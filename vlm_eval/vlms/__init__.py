@@ -1,9 +1,15 @@
-"""Vision-language model adapters: generation and per-sample loss closures over [0, 1] pixels.
+"""Vision-language model families: one folder each, found here without importing it.
 
-Adapters are registered lazily so that listing models never imports transformers.
+A family is a subpackage `vlm_eval/vlms/<name>/` whose `FAMILY` object is a `contracts.VlmFamily`;
+a VLM card's `family: <name>` names it. Nothing else in the toolkit knows a family by name.
 """
+
+import pkgutil
+from pathlib import Path
 
 from vlm_eval.registry import Registry
 
 VLM_FAMILIES = Registry("VLM family")
-VLM_FAMILIES.register_lazy("llava", "vlm_eval.vlms.llava:load_llava")
+for _module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+    if _module.ispkg:
+        VLM_FAMILIES.register_lazy(_module.name, f"vlm_eval.vlms.{_module.name}:FAMILY")

@@ -11,17 +11,15 @@ Pixels enter in [0, 1] (the attack's space); the CLIP mean/std normalisation hap
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
-from vlm_eval.cards import card_relative
-from vlm_eval.data.images import CLIP_MEAN, CLIP_STD
-from vlm_eval.errors import CheckpointError, MissingResourceError
-from vlm_eval.vlms.base import Batch, LossFn
-from vlm_eval.vlms.prompts import IMAGE_PLACEHOLDER, llava_prompt
+from PIL import Image
+
+from vlm_eval.contracts import Batch, LossFn
+from vlm_eval.data.images import clip_normalize, preprocess_image
+from vlm_eval.vlms.llava.prompts import IMAGE_PLACEHOLDER, llava_prompt
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +33,7 @@ class LlavaAdapter:
         mode: "robust" (swapped 224-px encoder) or "native"; recorded in results.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, mode: str):
+    def __init__(self, model: LlavaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, mode: str):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.mode = mode
@@ -45,26 +43,27 @@ class LlavaAdapter:
         self.image_token_id = model.config.image_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
-        device = next(model.parameters()).device
-        self._mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
 
     @property
     def device(self) -> torch.device:
-        return self._mean.device
+        return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def format_prompt(self, kind: str, question: str | None = None) -> str:
+    def prompt(self, kind: str, question: str | None = None) -> str:
         return llava_prompt(kind, question)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """LLaVA-1.5's geometry: padded to a square with the CLIP mean, resized and cropped to the tower's size."""
+        return preprocess_image(image, self.image_size)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels (B, 3, H, W) -> CLIP-normalised pixel values in the model's dtype."""
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(pixels.shape[-2:])}")
-        return ((pixels.to(self.device) - self._mean) / self._std).to(self.dtype)
+        return clip_normalize(pixels.to(self.device)).to(self.dtype)
 
     @torch.no_grad()
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -162,7 +161,7 @@ class LlavaAdapter:
         return {"mode": self.mode, "image_size": self.image_size, "image_tokens": self.n_image_tokens}
 
 
-def image_prompt_ids(tokenizer: Any, prompt: str, image_token_id: int) -> list[int]:
+def image_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, image_token_id: int) -> list[int]:
     """Ids of `prompt` as LLaVA's `tokenizer_image_token` builds them, one `image_token_id` per `<image>`.
 
     Each chunk around `<image>` is tokenised on its own, so each starts as a fresh sequence: the newline
@@ -177,69 +176,3 @@ def image_prompt_ids(tokenizer: Any, prompt: str, image_token_id: int) -> list[i
     for chunk in chunks[1:]:
         ids += [image_token_id] + list(chunk[skip:])
     return ids
-
-
-def swap_vision_tower(model: Any, vision_model: Any) -> None:
-    """Put a converted `CLIPVisionModel` into LLaVA in place of its own tower, projector unchanged."""
-    if (model.config.vision_feature_layer, model.config.vision_feature_select_strategy) != (-2, "default"):
-        raise CheckpointError(
-            "the robust-encoder protocol reads vision layer -2 without CLS; this LLaVA uses layer "
-            f"{model.config.vision_feature_layer} with strategy {model.config.vision_feature_select_strategy!r}"
-        )
-    projector_in = model.model.multi_modal_projector.linear_1.in_features
-    if vision_model.config.hidden_size != projector_in:
-        raise CheckpointError(
-            f"the encoder's width {vision_model.config.hidden_size} does not fit this LLaVA's projector "
-            f"(expects {projector_in}); pick an encoder of the VLM's vision architecture"
-        )
-    param = next(model.parameters())
-    model.model.vision_tower = vision_model.to(device=param.device, dtype=param.dtype).eval()
-    model.config.vision_config = vision_model.config
-
-
-def load_llava(card: Any, encoder: Any | None, dtype: torch.dtype, device: str, allow_download: bool = False) -> LlavaAdapter:
-    """Build the LLaVA of a VLM card, with `encoder` swapped in (robust protocol) or its own tower.
-
-    Args:
-        card: a `VlmCard` of family "llava" (an `hf_id`, or a `build` for random weights).
-        encoder: a `LoadedEncoder` to swap in, or None for the native tower.
-        dtype: weights' dtype (losses are always computed in fp32).
-        device: torch device.
-        allow_download: let transformers fetch missing files from the hub.
-    """
-    model, tokenizer = _load_model(card, dtype, allow_download)
-    if encoder is not None:
-        from vlm_eval.encoders.convert import to_hf_vision_model
-
-        swap_vision_tower(model, to_hf_vision_model(encoder.visual))
-    model.to(device=device, dtype=dtype)
-    return LlavaAdapter(model, tokenizer, mode="robust" if encoder is not None else "native")
-
-
-def _load_model(card: Any, dtype: torch.dtype, allow_download: bool) -> tuple[Any, Any]:
-    if card.build is not None:
-        from vlm_eval.vlms.tiny import byte_tokenizer, random_llava
-
-        return random_llava(card.build["vision"], card.build["text"], card.build.get("seed", 0)), byte_tokenizer()
-    from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    source = local_path(card) or card.hf_id
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
-        model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, local_files_only=not allow_download)
-    except OSError as exc:
-        if card.path is not None:
-            raise MissingResourceError(f"VLM {card.name!r}: cannot load {source}: {exc}") from exc
-        raise MissingResourceError(
-            f"VLM {card.name!r}: the weights of {card.hf_id} are not in the local Hugging Face cache "
-            f"({exc.__class__.__name__}). Get them with `hf download {card.hf_id}` (about 14 GB), "
-            "or run with --allow-download."
-        ) from exc
-    return model, tokenizer
-
-
-def local_path(card: Any) -> str | None:
-    """The card's shipped model folder (relative to the card), or None for hub models."""
-    if card.path is None:
-        return None
-    return str(card_relative(card, card.path))

@@ -7,38 +7,47 @@ set, never per batch; each record gets its per-sample score.
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Callable
+
+from vlm_eval.contracts import Record
+
+if TYPE_CHECKING:
+    from vlm_eval.attacks.schedule import AttackPlan
+
+# the task's metric: (references by id, outputs by id) -> (corpus metrics, per-sample scores)
+Score = Callable[[dict[str, list[str]], dict[str, str]], tuple[dict[str, float], dict[str, float]]]
 
 
-def score_records(task: Any, records: list[dict], attack: Any | None = None) -> dict[str, float]:
-    """Score the whole set at once (CIDEr is corpus-level) and put each sample's score in its record."""
+def score_records(score: Score, metric: str, records: list[Record], attack: AttackPlan | None = None) -> dict[str, float]:
+    """Score the whole set at once (CIDEr is corpus-level) and put each sample's score in its record.
+    `attack`: the attack that made the records' adversarial outputs (None: a replay of saved images)."""
     if not records:
-        return {task.metric: float("nan")}
+        return {metric: float("nan")}
     refs = {r["id"]: r["references"] for r in records}
     outputs = {r["id"]: r["output"] for r in records}
-    metrics, per_item = task.score(refs, outputs)
+    metrics, per_item = score(refs, outputs)
     for record in records:
         record["score"] = per_item[record["id"]]
     if "adversarial" in records[0]:
         targeted = "target_in_output" in records[0]["adversarial"]
-        stopped_early = getattr(attack, "check_every", 0) > 0
-        metrics.update(score_targeted(task, records, refs, stopped_early) if targeted
-                       else score_untargeted(task, records, refs, ensemble=getattr(attack, "name", "") == "ensemble"))
+        stopped_early = attack is not None and attack.check_every > 0
+        metrics.update(score_targeted(score, records, refs, stopped_early) if targeted
+                       else score_untargeted(score, records, refs, ensemble=attack is not None and attack.ensemble))
     return metrics
 
 
-def score_untargeted(task: Any, records: list[dict], refs: dict[str, list[str]], ensemble: bool) -> dict[str, float]:
+def score_untargeted(score: Score, records: list[Record], refs: dict[str, list[str]], ensemble: bool) -> dict[str, float]:
     """The robust score (the papers' ensemble number) and, for a single attack, the score of the attacked
     outputs alone (what RobustVLM's --attack apgd prints). An ensemble's worst case already counts the
     clean pass, so its attacked score would repeat its robust one."""
-    attacked = {f"{name}_attacked": value for name, value in score_attacked(task, records, refs).items()}
-    return {**({} if ensemble else attacked), **score_robust(task, records, refs)}
+    attacked = {f"{name}_attacked": value for name, value in score_attacked(score, records, refs).items()}
+    return {**({} if ensemble else attacked), **score_robust(score, records, refs)}
 
 
-def score_targeted(task: Any, records: list[dict], refs: dict[str, list[str]], stopped_early: bool) -> dict[str, float]:
+def score_targeted(score: Score, records: list[Record], refs: dict[str, list[str]], stopped_early: bool) -> dict[str, float]:
     """Success rates of a targeted attack (x100) and the task metric of the attacked outputs; with
     `stopped_early` (--check-every), the median steps the successful samples took."""
-    metrics = score_attacked(task, records, refs)
+    metrics = score_attacked(score, records, refs)
 
     def share(key: str) -> float:
         return 100.0 * sum(r["adversarial"][key] for r in records) / len(records)
@@ -50,15 +59,15 @@ def score_targeted(task: Any, records: list[dict], refs: dict[str, list[str]], s
     return {**rates, **{f"{name}_attacked": value for name, value in metrics.items()}}
 
 
-def score_attacked(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
+def score_attacked(score: Score, records: list[Record], refs: dict[str, list[str]]) -> dict[str, float]:
     """Score the attacked outputs as a set; each record's `adversarial.score`, and the corpus metrics."""
-    metrics, per_item = task.score(refs, {r["id"]: r["adversarial"]["output"] for r in records})
+    metrics, per_item = score(refs, {r["id"]: r["adversarial"]["output"] for r in records})
     for record in records:
         record["adversarial"]["score"] = per_item[record["id"]]
     return metrics
 
 
-def score_robust(task: Any, records: list[dict], refs: dict[str, list[str]]) -> dict[str, float]:
+def score_robust(score: Score, records: list[Record], refs: dict[str, list[str]]) -> dict[str, float]:
     """The robust score: per sample the worst of the clean and the attacked output, scored as a set.
 
     Per-sample CIDEr depends on the references only (its idf comes from them), so the worst output's
@@ -69,7 +78,7 @@ def score_robust(task: Any, records: list[dict], refs: dict[str, list[str]]) -> 
     for record in records:
         clean_is_worse = record["score"] <= record["adversarial"]["score"]
         worst[record["id"]] = record["output"] if clean_is_worse else record["adversarial"]["output"]
-    metrics, per_item = task.score(refs, worst)
+    metrics, per_item = score(refs, worst)
     for record in records:
         record["score_robust"] = per_item[record["id"]]
     return {f"{name}_robust": value for name, value in metrics.items()}

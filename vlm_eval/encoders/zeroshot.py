@@ -1,0 +1,129 @@
+"""A CLIP encoder as a zero-shot image classifier (OpenAI's recipe).
+
+Each class's weight is the mean of the L2-normalised text embeddings of every template filled with
+the class name, re-normalised (CLIP paper, `notebooks/Prompt_Engineering_for_ImageNet.ipynb`); the
+logits are `logit_scale.exp() * normalised image embedding @ class weights.T`. Pixels enter in
+[0, 1] and are mean/std normalised inside `forward`, so an attack perturbs [0, 1] pixels, as for
+the VLMs.
+
+    classifier, _ = load_zeroshot_classifier(encoder_card, class_names, ["a photo of a {}."])
+    logits = classifier(pixels)  # pixels (B, 3, H, W) in [0, 1], from classifier.preprocess(image)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from vlm_eval.cards import EncoderCard
+from vlm_eval.encoders.openclip_family import LoadedClip, load_openclip_clip
+from vlm_eval.encoders.text import load_text_tokenizer
+from vlm_eval.data.images import clip_normalize, preprocess_clip_image
+
+TEXT_BATCH = 256  # texts per text-tower forward when building class weights
+
+
+def template_problem(templates: Sequence[str]) -> str | None:
+    """What is wrong with a list of zero-shot templates, or None: each must hold exactly one `{}`."""
+    if not templates:
+        return 'no templates; give at least one, e.g. ["a photo of a {}."]'
+    for template in templates:
+        if not isinstance(template, str) or "{}" not in template:
+            return f"template {template!r} has no {{}} for the class name"
+        try:
+            template.format("x")
+        except (IndexError, KeyError, ValueError) as exc:
+            return f"template {template!r} is not a format string with one {{}} ({type(exc).__name__}: {exc})"
+    return None
+
+
+class ZeroShotClassifier(nn.Module):
+    """Image pixels in [0, 1] -> class logits; frozen and in eval mode.
+
+    Args:
+        model_or_visual: an open_clip CLIP (its `visual` is kept) or a vision tower itself.
+        class_weights: (n_classes, embed_dim) unit-norm rows, from `class_weights`.
+        logit_scale: the CLIP's learnt log temperature (`model.logit_scale`, before `.exp()`).
+        image_size: input side in pixels; by default the tower's own `image_size`.
+    """
+
+    def __init__(self, model_or_visual: nn.Module, class_weights: torch.Tensor, logit_scale: torch.Tensor | float,
+                 image_size: int | None = None):
+        super().__init__()
+        self.visual = getattr(model_or_visual, "visual", model_or_visual)
+        device = class_weights.device
+        self.register_buffer("class_weights", class_weights.detach().float().clone())
+        self.register_buffer("logit_scale", torch.as_tensor(logit_scale).detach().float().clone().reshape(()).to(device))
+        size = image_size or getattr(self.visual, "image_size", None)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.requires_grad_(False)
+        self.eval()
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """CLIP's own geometry: resize the short side, centre crop (no padding)."""
+        return preprocess_clip_image(image, self.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.class_weights.device
+
+    @property
+    def n_classes(self) -> int:
+        return self.class_weights.shape[0]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels in [0, 1] -> (B, n_classes) float32 logits (differentiable in `pixels`)."""
+        x = clip_normalize(pixels.float())
+        x = x.to(next(self.visual.parameters()).dtype)  # the tower may run in fp16 / bf16
+        features = F.normalize(self.visual(x).float(), dim=-1)
+        return self.logit_scale.float().exp() * features @ self.class_weights.float().T
+
+
+@torch.no_grad()
+def class_weights(model: nn.Module, tokenize: Callable[[list[str]], torch.Tensor], class_names: Sequence[str], templates: Sequence[str],
+                  batch_size: int = TEXT_BATCH) -> torch.Tensor:
+    """(n_classes, embed_dim) unit-norm class weights: the re-normalised mean of the normalised
+    embeddings of every template filled with the class name (OpenAI's recipe).
+
+    The model is put in eval mode for the encoding and left in the mode it was in.
+    """
+    problem = template_problem(templates)
+    if problem:
+        raise ValueError(problem)
+    if not class_names:
+        raise ValueError("no class names")
+    texts = [template.format(name) for name in class_names for template in templates]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [model.encode_text(tokenize(texts[i : i + batch_size]).to(device)) for i in range(0, len(texts), batch_size)]
+    finally:
+        model.train(was_training)
+    embeddings = F.normalize(torch.cat(chunks).float(), dim=-1).view(len(class_names), len(templates), -1)
+    return F.normalize(embeddings.mean(dim=1), dim=-1)
+
+
+def load_zeroshot_classifier(card: EncoderCard, class_names: Sequence[str], templates: Sequence[str],
+                             weights_dir: Path | None = None, allow_download: bool = False,
+                             device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                             ) -> tuple[ZeroShotClassifier, LoadedClip]:
+    """Load a card's whole CLIP and tokenizer and build its zero-shot classifier on `device`.
+
+    Returns:
+        (classifier, the `LoadedClip` with its checkpoint and sha256 for provenance).
+
+    Raises:
+        The errors of `load_openclip_clip` and `load_text_tokenizer` (CardError, MissingResourceError,
+        CheckpointError), and ValueError for empty class names or bad templates.
+    """
+    tokenize = load_text_tokenizer(card)
+    loaded = load_openclip_clip(card, weights_dir, allow_download)
+    model = loaded.model.to(device=device, dtype=dtype)
+    weights = class_weights(model, tokenize, class_names, templates)
+    return ZeroShotClassifier(model.visual, weights, model.logit_scale, loaded.image_size), loaded

@@ -1,0 +1,111 @@
+"""From a plan to the loaded model (a VLM with its encoder inside, or an encoder's classifier), the
+semantic checks' models, and the provenance that goes into summary.json. No files are written.
+
+What a task needs is its `model_kind`; the families named by the cards load it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from vlm_eval import cards, results
+from vlm_eval.cards import EncoderCard, TaskCard, VlmCard
+from vlm_eval.contracts import VLM, Classifier, Json
+from vlm_eval.run.plan import Plan, encoder_family, optional_path, vlm_family
+
+if TYPE_CHECKING:
+    import torch
+
+    from vlm_eval.semantic import SemanticJudge
+
+
+@dataclass
+class Loaded:
+    model: VLM | Classifier
+    provenance: dict[str, Json]
+    judge: SemanticJudge | None = None  # attacked runs: the semantic checks' models
+
+
+def load(plan: Plan) -> Loaded:
+    """The task's model, and, in an attacked run, the semantic checks' models."""
+    loaded = LOADERS[plan.task.model_kind](plan)
+    if plan.attacked:
+        loaded.judge, loaded.provenance["semantic"] = load_judge(plan, loaded.model)
+    return loaded
+
+
+def load_vlm(plan: Plan) -> Loaded:
+    """The VLM with the encoder swapped in (or its own tower)."""
+    config, card = plan.config, plan.encoder_card
+    encoder = None
+    if card is not None:
+        encoder = encoder_family(card).load_vision(card, optional_path(config.weights_dir), config.allow_download)
+    vlm = vlm_family(plan.vlm_card).load(plan.vlm_card, encoder, torch_dtype(plan.precision), plan.device,
+                                         config.allow_download)
+    return Loaded(vlm, {
+        **shared_provenance(plan.vlm_card, card, plan.task_card),
+        "encoder": None if encoder is None else {"name": card.name, "checkpoint": encoder.checkpoint,
+                                                 "sha256": encoder.sha256},
+        "vlm": {"name": plan.vlm_card.name, "hf_id": plan.vlm_card.hf_id, **vlm.describe()},
+        "random_weights": plan.vlm_card.build is not None or (card is not None and "random" in card.source),
+        "resolution": vlm.image_size,
+        "precision": plan.precision,
+        "device": plan.device,
+    })
+
+
+def load_classifier(plan: Plan) -> Loaded:
+    """The encoder's zero-shot classifier over the task's classes (read by `task.setup`)."""
+    config, card = plan.config, plan.encoder_card
+    classifier, encoder = encoder_family(card).load_classifier(
+        card, plan.task.class_names, list(plan.task.templates), optional_path(config.weights_dir),
+        config.allow_download, plan.device, torch_dtype(plan.precision))
+    return Loaded(classifier, {
+        **shared_provenance(card, plan.task_card),
+        "encoder": encoder,
+        "vlm": None,
+        "random_weights": "random" in card.source,
+        "resolution": classifier.image_size,
+        "precision": plan.precision,
+        "device": plan.device,
+        "n_classes": len(plan.task.class_names),
+    })
+
+
+LOADERS: dict[str, Callable[[Plan], Loaded]] = {"vlm": load_vlm, "classifier": load_classifier}
+
+
+def load_judge(plan: Plan, model: VLM) -> tuple[SemanticJudge, dict[str, Json]]:
+    """The models of the semantic checks: the VLM's own tower, the reference CLIP, the sentence model."""
+    from vlm_eval.encoders.sentence import load_sentence_model
+    from vlm_eval.semantic import KEEP_CLIP_SCORE, THRESHOLDS, SemanticJudge
+
+    config, card = plan.config, plan.reference_card
+    reference, described = None, None
+    if card is not None:
+        reference, described = encoder_family(card).load_reference(card, optional_path(config.weights_dir),
+                                                                   config.allow_download, plan.device)
+    embed_texts = None
+    if plan.sentence_model == "reference":
+        embed_texts = reference.embed_texts
+    elif plan.sentence_model is not None:
+        embed_texts = load_sentence_model(plan.sentence_model, plan.device, config.allow_download)
+    provenance = {"reference_encoder": described, "sentence_model": plan.sentence_model, "thresholds": THRESHOLDS,
+                  "keep_clip_score": KEEP_CLIP_SCORE}
+    return SemanticJudge(model.image_embeddings, reference, embed_texts), provenance
+
+
+def shared_provenance(*cards_used: VlmCard | EncoderCard | TaskCard | None) -> dict[str, Json]:
+    """Package versions, the toolkit's git revision and the sha256 of each card used (None: not used)."""
+    return {
+        "packages": results.package_versions(),
+        "git_revision": results.git_revision(cards.CARD_ROOT),
+        "cards": {c.name: results.file_sha256(c.card_path) for c in cards_used if c is not None and c.card_path},
+    }
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

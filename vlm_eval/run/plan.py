@@ -1,0 +1,302 @@
+"""From a config to a checked plan: cards, task, attack, subset, device and every resource, checked
+before any model is loaded, so a failed start costs seconds and leaves nothing behind.
+
+Families are asked, never named: the VLM family says which prompts it knows and whether the encoder
+replaces its tower at the asked resolution; the encoder family finds weights and tokenizers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from vlm_eval import cards
+from vlm_eval.cards import EncoderCard, TaskCard, VlmCard
+from vlm_eval.config import EvalConfig
+from vlm_eval.errors import MissingResourceError, VlmEvalError
+
+if TYPE_CHECKING:
+    from vlm_eval.attacks.schedule import AttackPlan
+    from vlm_eval.contracts import EncoderFamily, TaskType, VlmFamily
+    from vlm_eval.results import SavedAdversarial
+
+T = TypeVar("T")
+
+
+@dataclass
+class Plan:
+    """The cards, task and runtime choices that a config names, checked before loading anything."""
+
+    config: EvalConfig
+    vlm_card: VlmCard | None  # None for tasks whose model is a classifier (zero-shot)
+    encoder_card: EncoderCard | None  # None: the VLM's own tower
+    task_card: TaskCard
+    task: TaskType
+    device: str
+    precision: str
+    run_dir: Path
+    n_samples: int | None  # the subset's size (None: the whole split) and seed, as chosen by `subset_choice`
+    seed: int
+    attack: AttackPlan | None = None  # None for a clean run
+    replay: SavedAdversarial | None = None  # --from-adversarial: saved images evaluated instead of attacking
+    reference_card: EncoderCard | None = None  # the semantic checks' reference CLIP; None: those checks are skipped
+    sentence_model: str | None = None  # hub id, folder or "reference" (its text tower); None: skipped
+
+    @property
+    def classifier(self) -> bool:
+        """The task's model is the encoder's classifier (no VLM)."""
+        return self.task.model_kind == "classifier"
+
+    @property
+    def attacked(self) -> bool:
+        return self.attack is not None or self.replay is not None
+
+
+def resolve(config: EvalConfig) -> Plan:
+    """Cards, device, precision, task and attack; raises a `VlmEvalError` for anything unknown."""
+    task_card = cards.load_card("tasks", config.task)
+    task = make_task(config, task_card)
+    classifier = task.model_kind == "classifier"
+    vlm_card = None if classifier else cards.load_card("vlms", config.vlm)
+    swapped = classifier or vlm_family(vlm_card).encoder_swapped(config.resolution, config.encoder)
+    encoder_card = load_encoder_card(config) if swapped else None
+    if not classifier and task_card.prompt not in vlm_family(vlm_card).prompts:
+        raise VlmEvalError(f"task card {task_card.card_path}: unknown prompt {task_card.prompt!r}; "
+                           f"known: {', '.join(vlm_family(vlm_card).prompts)}")
+    device = resolve_device(config.device)
+    precision = config.precision if config.precision != "auto" else ("fp16" if device.startswith("cuda") else "fp32")
+    attack, replay = resolve_attack(config, task_card, classifier)
+    if attack is not None and attack.ensemble:
+        if config.precision not in ("auto", "fp32"):
+            raise VlmEvalError("--attack ensemble keeps fp32 weights and runs its half-precision attacks under "
+                               "autocast: drop --precision or use fp32")
+        precision = "fp32"
+    attacked = attack is not None or replay is not None
+    reference_card, sentence_model = resolve_semantic(config, vlm_card) if attacked else (None, None)
+    return Plan(config, vlm_card, encoder_card, task_card, task, device, precision,
+                run_dir_for(config, swapped, classifier), *subset_choice(config, attack), attack, replay,
+                reference_card, sentence_model)
+
+
+def make_task(config: EvalConfig, card: TaskCard) -> TaskType:
+    from vlm_eval.tasks import TASK_TYPES
+
+    options = {"vqa_normalize": config.vqa_normalize, "postprocess": config.postprocess}
+    try:
+        return TASK_TYPES.get(card.type)(card, options)
+    except ValueError as exc:
+        raise VlmEvalError(f"task {card.name!r}: {exc}") from exc
+
+
+def vlm_family(card: VlmCard) -> VlmFamily:
+    from vlm_eval.vlms import VLM_FAMILIES
+
+    return VLM_FAMILIES.get(card.family)
+
+
+def encoder_family(card: EncoderCard) -> EncoderFamily:
+    from vlm_eval.encoders import ENCODER_FAMILIES
+
+    return ENCODER_FAMILIES.get(card.family)
+
+
+def subset_choice(config: EvalConfig, attack: AttackPlan | None) -> tuple[int | None, int]:
+    """(subset size, seed) as given, else the protocol's: 500 samples with seed 42, or, for a targeted
+    preset, RobustVLM's 25 images with the preset's own seed."""
+    from vlm_eval.attacks.targets import TARGET_SEEDS, TARGETED_SAMPLES
+    from vlm_eval.config import PROTOCOL_SAMPLES, PROTOCOL_SEED
+
+    preset_seed = TARGET_SEEDS.get(attack.target) if attack is not None else None
+    n_samples = config.n_samples
+    if n_samples == "auto":
+        n_samples = TARGETED_SAMPLES if preset_seed is not None else PROTOCOL_SAMPLES
+    if config.seed is not None:
+        return n_samples, config.seed
+    return n_samples, preset_seed if preset_seed is not None else PROTOCOL_SEED
+
+
+def resolve_semantic(config: EvalConfig, vlm_card: VlmCard) -> tuple[EncoderCard | None, str | None]:
+    """The reference encoder's card and the sentence model of the semantic checks, by default the VLM
+    card's; "none" skips the checks that need them."""
+    reference, sentences = semantic_models(config, vlm_card)
+    card = None
+    if reference != "none":  # a checkpoint path is a ViT-L/14 (--encoder-arch is the evaluated encoder's)
+        card = card_from_spec(reference) or cards.load_card("encoders", reference)
+    if sentences == "reference" and card is None:
+        raise VlmEvalError("--sentence-model reference embeds outputs with the reference encoder's text tower, "
+                           "but --reference-encoder is none: name a reference encoder or a sentence model")
+    return card, None if sentences == "none" else sentences
+
+
+def semantic_models(config: EvalConfig, vlm_card: VlmCard) -> tuple[str, str]:
+    """(reference encoder, sentence model) as given, else the VLM card's."""
+    return config.reference_encoder or vlm_card.reference_encoder, config.sentence_model or vlm_card.sentence_model
+
+
+def resolve_attack(config: EvalConfig, task_card: TaskCard,
+                   classifier: bool) -> tuple[AttackPlan | None, SavedAdversarial | None]:
+    """(the attack the config asks for, or the saved images to replay); bad names and radii fail here."""
+    if classifier and (config.attack != "none" or config.from_adversarial):
+        raise VlmEvalError("attacks are not available for zero-shot classification tasks yet")
+    if config.from_adversarial:
+        if config.attack != "none":
+            raise VlmEvalError("--from-adversarial evaluates saved images instead of attacking: drop --attack")
+        from vlm_eval.results import SavedAdversarial
+
+        return None, SavedAdversarial(Path(config.from_adversarial), config.quantize_8bit)
+    if config.quantize_8bit:
+        raise VlmEvalError("--quantize-8bit applies to the images of --from-adversarial RUN_DIR")
+    if config.attack == "none":
+        if config.schedule:
+            raise VlmEvalError("--schedule is for --attack ensemble")
+        return None, None
+    from vlm_eval.attacks.schedule import ENSEMBLE, AttackPlan
+
+    try:
+        if config.attack == ENSEMBLE:
+            return ensemble_plan(config, task_card), None
+        return AttackPlan.single(config.attack, config.eps, config.norm, config.steps, config.target,
+                                 config.check_every), None
+    except ValueError as exc:
+        raise VlmEvalError(str(exc)) from exc
+
+
+def ensemble_plan(config: EvalConfig, task_card: TaskCard) -> AttackPlan:
+    """The schedule of --schedule, or the task type's default in schedules/, with the attack budget and the
+    threshold under which samples leave (the schedule's, else the task card's)."""
+    from vlm_eval.attacks.schedule import AttackPlan, Schedule
+    from vlm_eval.attacks.threat import ThreatModel
+
+    path = Path(config.schedule) if config.schedule else cards.card_dir("schedules") / f"{task_card.type}.yaml"
+    threat = ThreatModel.parse(config.eps, config.norm)
+    schedule = Schedule.load(path)
+    stop_below = schedule.stop_below if schedule.stop_below is not None else task_card.stop_below
+    if stop_below is None:
+        raise VlmEvalError(f"--attack ensemble needs the score under which a sample leaves the schedule: set "
+                           f"`stop_below` in the task card {task_card.card_path} or in the schedule {path}")
+    return AttackPlan.ensemble_of(schedule, threat, config.steps, stop_below)
+
+
+def card_from_spec(spec: str, arch: str | None = None) -> EncoderCard | None:
+    """An ad-hoc card for an encoder given as a checkpoint path or hf-hub: id (the default family's)."""
+    from vlm_eval.encoders import DEFAULT_FAMILY, ENCODER_FAMILIES
+
+    family = ENCODER_FAMILIES.get(DEFAULT_FAMILY)
+    return family.card_from_spec(spec, arch) if arch else family.card_from_spec(spec)
+
+
+def load_encoder_card(config: EvalConfig) -> EncoderCard:
+    """The card of `--encoder` (a card name, a checkpoint path or hf-hub:), checked against --resolution."""
+    card = card_from_spec(config.encoder, config.encoder_arch) or cards.load_card("encoders", config.encoder)
+    if card.image_size != config.resolution:
+        raise VlmEvalError(f"encoder {card.name!r} takes {card.image_size}-px images, not {config.resolution}")
+    return card
+
+
+def resolve_device(name: str) -> str:
+    import torch  # the only torch this module touches: whether the device exists
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise VlmEvalError(f"unknown --device {name!r}: use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VlmEvalError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
+    return name
+
+
+def preflight(plan: Plan, resume: bool = False) -> dict[str, Path]:
+    """The task's data files; raises one error listing every missing resource (data, Java, weights)."""
+    from vlm_eval.tasks.data import check_task_data, prepare_generated_data
+
+    check_run_dir_is_resumable(plan.run_dir) if resume else check_run_dir_is_free(plan.run_dir)
+    problems: list[str] = []
+
+    def attempt(check: Callable[[], T]) -> T | None:
+        try:
+            return check()
+        except MissingResourceError as exc:
+            problems.append(str(exc))
+            return None
+
+    config, card = plan.config, plan.task_card
+    data_root = optional_path(config.data_root)
+    generated = card.generator is not None  # written below, once every other check has passed
+    files = None if generated else attempt(lambda: check_task_data(card, data_root, config.data))
+    attempt(plan.task.check_requirements)
+    for check in model_checks(plan):
+        attempt(check)
+    if problems:
+        raise MissingResourceError("\n\n".join(problems))
+    if generated:
+        prepare_generated_data(card, data_root, config.data)
+        files = check_task_data(card, data_root, config.data)
+    return files
+
+
+def model_checks(plan: Plan) -> list[Callable[[], object]]:
+    """A check per weights file and tokenizer the run will load; each raises `MissingResourceError`."""
+    config = plan.config
+    weights_dir = optional_path(config.weights_dir)
+    checks: list[Callable[[], object]] = []
+    for card in (plan.encoder_card, plan.reference_card):
+        if card is not None:
+            checks.append(lambda card=card: encoder_family(card).resolve_checkpoint(card, weights_dir,
+                                                                                    config.allow_download))
+    for card in ((plan.encoder_card,) if plan.classifier else ()) + (plan.reference_card,):
+        if card is not None:
+            checks.append(lambda card=card: encoder_family(card).tokenizer_file(card))
+    if plan.vlm_card is not None:
+        checks.append(lambda: check_vlm_weights(plan.vlm_card, config.allow_download))
+    if plan.sentence_model not in (None, "reference") and not config.allow_download:
+        checks.append(lambda: check_sentence_model(plan.sentence_model))
+    return checks
+
+
+def check_vlm_weights(card: VlmCard, allow_download: bool) -> None:
+    present, where = vlm_family(card).weights_status(card)
+    if not present and not allow_download:
+        raise MissingResourceError(f"weights of VLM {card.name!r} not found: {where} (or rerun with --allow-download)")
+
+
+def check_sentence_model(name: str) -> None:
+    from vlm_eval.encoders.sentence import sentence_model_status
+
+    present, where = sentence_model_status(name)
+    if not present:
+        raise MissingResourceError(f"sentence model {name!r} of the semantic checks: {where} "
+                                   "(or rerun with --allow-download, or skip it with --sentence-model none)")
+
+
+def check_run_dir_is_free(run_dir: Path) -> None:
+    """Never overwrite outputs: neither a finished run nor the samples (or the attack) of an interrupted one."""
+    for name, state in (("summary.json", "a finished run"), ("samples.jsonl", "the outputs of an interrupted run"),
+                        ("subset_ids.txt", "an interrupted run")):
+        if (run_dir / name).exists():
+            hint = "" if name == "summary.json" else f" (to finish it: python -m vlm_eval resume {run_dir})"
+            raise VlmEvalError(f"{run_dir} already holds {state} ({name}); choose another --output-dir{hint}")
+
+
+def check_run_dir_is_resumable(run_dir: Path) -> None:
+    if (run_dir / "summary.json").exists():
+        raise VlmEvalError(f"{run_dir} holds a finished run (summary.json): nothing to resume")
+    if not (run_dir / "subset_ids.txt").is_file():
+        raise VlmEvalError(f"{run_dir} has no subset_ids.txt: the run stopped before it started; start it again")
+
+
+def run_dir_for(config: EvalConfig, swapped: bool = True, classifier: bool = False) -> Path:
+    """--output-dir, else results/<task>-<vlm>-<encoder>-<time> (zero-shot: results/<task>-<encoder>-<time>;
+    the VLM's own tower: "native")."""
+    if config.output_dir:
+        return Path(config.output_dir)
+    encoder = Path(config.encoder).stem if swapped else "native"
+    models = encoder if classifier else f"{config.vlm}-{encoder}"
+    return Path("results") / f"{config.task}-{models}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None

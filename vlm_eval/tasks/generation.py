@@ -1,0 +1,136 @@
+"""What captioning and VQA share: one batch's step on a VLM (clean, then attacked) and the scoring.
+
+A task type that generates text subclasses `GenerationTask` and says how to prompt, what to attack
+with, how to clean up outputs and how to score them; the step and the aggregation are written once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+
+from vlm_eval.attacks.executor import Worst, execute, precision
+from vlm_eval.attacks.snapshot import BatchSnapshot
+from vlm_eval.contracts import VLM, Batch, Json, LossFn, Record, Step
+from vlm_eval.data.samples import Sample
+from vlm_eval.results import save_adversarial
+from vlm_eval.tasks.scoring import score_records
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from vlm_eval.cards import TaskCard
+
+
+class Attacked(NamedTuple):
+    pixels: torch.Tensor  # the adversarial images
+    outputs: list[str]  # the VLM's raw outputs on them
+    fields: list[dict[str, Json]]  # per sample, what made them (target, attack, loss, steps, ...)
+
+
+class GenerationTask:
+    """A task whose model is a VLM that answers each sample's prompt with text."""
+
+    metric: str
+    model_kind = "vlm"
+    card: TaskCard
+
+    def check_requirements(self) -> None:
+        pass
+
+    def setup(self, files: dict[str, Path]) -> None:
+        pass
+
+    def prompt_args(self, sample: Sample) -> tuple[str, str | None]:
+        raise NotImplementedError
+
+    def attack_texts(self, sample: Sample) -> list[str]:
+        raise NotImplementedError
+
+    def postprocess(self, text: str) -> str:
+        raise NotImplementedError
+
+    def score(self, references: dict[str, list[str]], outputs: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
+        raise NotImplementedError
+
+    def evaluate_batch(self, vlm: VLM, samples: list[Sample], pixels: torch.Tensor, step: Step) -> list[Record]:
+        """The batch's records: the clean outputs and, in an attacked run, the adversarial ones with their checks."""
+        batch = Batch([s.id for s in samples], pixels, [vlm.prompt(*self.prompt_args(s)) for s in samples])
+        with precision(vlm.device, step.attack.clean_precision if step.attack else "model"):
+            outputs = vlm.generate(batch, self.card.max_new_tokens)
+        records = [self.record(s, raw) for s, raw in zip(samples, outputs)]
+        if step.attack is not None or step.replay is not None:
+            attacked = self.replayed(vlm, batch, samples, step) if step.replay else self.attacked(vlm, batch, samples,
+                                                                                                  records, step)
+            for record, raw, fields in zip(records, attacked.outputs, attacked.fields):
+                record["adversarial"] = {"output": self.postprocess(raw), "raw_output": raw, **fields}
+            add_semantic_checks(records, pixels, attacked.pixels, step)
+        return records
+
+    def record(self, sample: Sample, raw: str) -> Record:
+        record: Record = {"id": sample.id, "output": self.postprocess(raw), "raw_output": raw,
+                          "references": list(sample.references)}
+        if sample.question is not None:
+            record["question"] = sample.question
+        record["image"] = str(sample.image_path)
+        return record
+
+    def replayed(self, vlm: VLM, batch: Batch, samples: list[Sample], step: Step) -> Attacked:
+        """What the VLM says on the images another run saved (`--from-adversarial`)."""
+        pixels = step.replay.load(batch.ids)
+        outputs = vlm.generate(Batch(batch.ids, pixels, batch.prompts), self.card.max_new_tokens)
+        fields = [{"target": self.attack_texts(s)[0], "loss": None, "steps": None, "attack": step.replay.name}
+                  for s in samples]
+        return Attacked(pixels, outputs, fields)
+
+    def attacked(self, vlm: VLM, batch: Batch, samples: list[Sample], records: list[Record], step: Step) -> Attacked:
+        """Run the attack's schedule on the batch, keep each sample's worst outcome and save its image."""
+        plan, texts = step.attack, [self.attack_texts(s) for s in samples]
+        clean = [r["raw_output"] for r in records]
+        target = VlmTarget(self, vlm, batch, step)
+        scores = target.score(list(range(len(samples))), clean) if plan.ensemble else [math.inf] * len(samples)
+        settings = {**plan.describe(), "dtype": str(vlm.dtype)}
+        checkpoint = BatchSnapshot(step.run_dir, batch.ids, settings, plan.steps, len(plan.schedule.runs), step.resuming)
+        worst = execute(plan, batch.pixels, vlm.device, texts, Worst.start(batch.pixels, clean, scores, texts), target,
+                        checkpoint)
+        save_adversarial(step.run_dir, batch.ids, worst.pixels)
+        return Attacked(worst.pixels, worst.output, [plan.outcome(worst, i) for i in range(len(samples))])
+
+    def aggregate(self, records: list[Record], step: Step) -> dict[str, float]:
+        return score_records(self.score, self.metric, records, step.attack)
+
+
+class VlmTarget:
+    """The executor's view of a VLM on one batch (`attacks.executor.Target`)."""
+
+    def __init__(self, task: GenerationTask, vlm: VLM, batch: Batch, step: Step):
+        self.task, self.vlm, self.batch = task, vlm, batch
+        # an ensemble scores samples against the whole set's references (CIDEr's idf), not the batch's
+        self.references = {s.id: list(s.references) for s in step.samples} if step.attack.ensemble else None
+
+    def loss_for(self, rows: list[int], texts: list[str]) -> LossFn:
+        return self.vlm.loss_closure(self.batch.select(rows, self.batch.pixels[rows]), texts)
+
+    def generate(self, rows: list[int], pixels: torch.Tensor) -> list[str]:
+        return self.vlm.generate(self.batch.select(rows, pixels), self.task.card.max_new_tokens)
+
+    def score(self, rows: list[int], raw: list[str]) -> list[float] | None:
+        if self.references is None:
+            return None
+        ids = self.batch.ids
+        outputs = dict.fromkeys(self.references, "") | {ids[i]: self.task.postprocess(r) for i, r in zip(rows, raw)}
+        _, per_item = self.task.score(self.references, outputs)
+        return [per_item[ids[i]] for i in rows]
+
+
+def add_semantic_checks(records: list[Record], clean: torch.Tensor, adversarial: torch.Tensor, step: Step) -> None:
+    """Each attacked record gets its perturbation's size and the semantic checks (vlm_eval.semantic)."""
+    from vlm_eval.metrics.similarity import perturbation_norms
+
+    outputs = [[r["raw_output"] for r in records], [r["adversarial"]["raw_output"] for r in records]]
+    targets = [r["adversarial"]["target"] for r in records] if step.attack is not None and step.attack.targeted else None
+    checks = step.judge.check(clean, adversarial, *outputs, targets)
+    for record, size, check in zip(records, perturbation_norms(clean, adversarial), checks):
+        record["adversarial"].update(perturbation=size, semantic=check)
