@@ -146,14 +146,16 @@ def image_data_uri(pixels: Any) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def clean_pixels(record: dict[str, Any], size: int) -> Any | None:
-    """The clean image as the run's VLM saw it, or None when its file is gone or unreadable."""
-    from vlm_eval.data import load_image, preprocess_image
+def clean_pixels(record: dict[str, Any], size: int, geometry: str) -> Any | None:
+    """The clean image as the run's VLM saw it (its `geometry`, data.images.GEOMETRIES), or None when its
+    file is gone or unreadable."""
+    from vlm_eval.data import load_image
+    from vlm_eval.data.images import GEOMETRIES
     from vlm_eval.errors import BadSampleError
 
     path = Path(record["image"])
     try:
-        return preprocess_image(load_image(path, record["id"]), size) if path.is_file() else None
+        return GEOMETRIES[geometry](load_image(path, record["id"]), size) if path.is_file() else None
     except BadSampleError as exc:
         log.warning("report: %s", exc)
         return None
@@ -176,8 +178,8 @@ def adversarial_pixels(run: RunFolder, sample_id: str) -> Any | None:
     return quantize_8bit(pixels) if transfer and attack.get("quantize_8bit") else pixels
 
 
-def cell_for(run: RunFolder, record: dict[str, Any], clean_at: Callable[[int], Any]) -> Cell:
-    """One run's view of a sample; `clean_at(size)`: its clean image at that size (loaded once per sample)."""
+def cell_for(run: RunFolder, record: dict[str, Any], clean_at: Callable[[int, str], Any]) -> Cell:
+    """One run's view of a sample; `clean_at(size, geometry)`: its clean image so (loaded once per sample)."""
     cell = Cell(output=record["raw_output"], score=fmt(record.get("score")))
     adversarial = record.get("adversarial")
     if adversarial is None:
@@ -194,7 +196,7 @@ def cell_for(run: RunFolder, record: dict[str, Any], clean_at: Callable[[int], A
     x_adv = adversarial_pixels(run, record["id"])
     if x_adv is not None:
         cell.adversarial_image = image_data_uri(x_adv)
-        clean = clean_at(x_adv.shape[-1])
+        clean = clean_at(x_adv.shape[-1], geometry(run))
         if clean is not None:
             cell.perturbation_image, cell.perturbation_caption = perturbation_view(x_adv - clean)
     return cell
@@ -209,10 +211,16 @@ def perturbation_view(delta: Any) -> tuple[str | None, str]:
     return image_data_uri(0.5 + gain * delta), f"perturbation x{gain:.0f}"
 
 
+def geometry(run: RunFolder) -> str:
+    """How the run's model cut its images; runs from before it was recorded are LLaVA's."""
+    vlm = run.summary["provenance"].get("vlm") or {}
+    return vlm.get("geometry", "pad-square")
+
+
 def sample_view(sample_id: str, runs: list[RunFolder]) -> SampleView:
     run, first = next((run, run.records[sample_id]) for run in runs if sample_id in run.records)
-    clean_at = functools.cache(lambda size: clean_pixels(first, size))
-    clean = clean_at(run.summary["provenance"]["resolution"])
+    clean_at = functools.cache(lambda size, geometry: clean_pixels(first, size, geometry))
+    clean = clean_at(run.summary["provenance"]["resolution"], geometry(run))
     view = SampleView(sample_id, first.get("question"), list(first.get("references", [])),
                       image_data_uri(clean) if clean is not None else None)
     texts = [sample_id, view.question or "", *view.references]

@@ -147,3 +147,8 @@ def _center_crop(image: Image.Image, size: int) -> Image.Image:
     width, height = image.size
     left, top = (width - size) // 2, (height - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+# The deterministic geometries models take their pixels in, by the name a VLM's `describe()` records
+# (so that reports can show the clean image as the model saw it).
+GEOMETRIES = {"pad-square": preprocess_image, "center-crop": preprocess_clip_image}

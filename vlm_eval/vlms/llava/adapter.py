@@ -158,7 +158,8 @@ class LlavaAdapter:
         return loss_fn
 
     def describe(self) -> dict:
-        return {"mode": self.mode, "image_size": self.image_size, "image_tokens": self.n_image_tokens}
+        return {"mode": self.mode, "image_size": self.image_size, "image_tokens": self.n_image_tokens,
+                "geometry": "pad-square"}
 
 
 def image_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, image_token_id: int) -> list[int]:
