@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The CPU/CUDA build of torch is chosen here; pinned so that installs are reproducible.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the inner loop: pure and tiny-model tests, without the mini-world runs marked slow
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -9,6 +9,8 @@ import torch
 
 from vlm_eval.cli import main
 
+pytestmark = pytest.mark.slow  # mini-world runs under attack
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "miniworld"
 MINI = ["--vlm", "mini-llava", "--encoder", "mini-clip", "--n-samples", "all", "--device", "cpu"]
 

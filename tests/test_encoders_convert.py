@@ -94,6 +94,7 @@ def test_activation_mapping_is_load_bearing() -> None:
     assert (a - b).abs().max() > 10 * ATOL  # far above the tolerance the equivalence tests use
 
 
+@pytest.mark.slow
 def test_vit_l14_quickgelu_full_architecture(vitl_encoder) -> None:
     """The real LLaVA-1.5 robust-encoder architecture (ViT-L/14, QuickGELU, 224 px), random weights."""
     encoder = vitl_encoder

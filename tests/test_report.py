@@ -11,6 +11,8 @@ import torch
 
 from vlm_eval.cli import main
 
+pytestmark = pytest.mark.slow  # reports of mini-world runs made once per module
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "miniworld"
 HOSTILE = '</script><script>document.body.dataset.pwned="1"</script><img src=x onerror="document.body.dataset.pwned=1">'
 MINI = ["--vlm", "mini-llava", "--encoder", "mini-clip", "--task", "mini-coco", "--n-samples", "4", "--device", "cpu"]

@@ -11,6 +11,8 @@ import pytest
 
 from vlm_eval.cli import main
 
+pytestmark = pytest.mark.slow  # killed and resumed mini-world runs
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "miniworld"
 
 

@@ -157,6 +157,7 @@ def test_a_sentence_model_folder_loads_and_embeds_unit_vectors(sentence_model, t
         load_sentence_model("no-such-org/no-such-model", "cpu")
 
 
+@pytest.mark.slow
 def test_an_attacked_run_records_each_perturbation_and_summarizes_them(tmp_path):
     from vlm_eval.cli import main
 
@@ -192,6 +193,7 @@ def _attack_args(sample, out):
             "--device", "cpu", "--data-root", str(sample), "--attack", "pgd", "--steps", "1", "--output-dir", str(out)]
 
 
+@pytest.mark.slow
 def test_a_sentence_model_folder_serves_a_run_and_none_skips_the_models(sentence_model, tmp_path):
     from vlm_eval.cli import main
 

@@ -95,7 +95,7 @@ def test_half_precisions_give_finite_losses_and_gradients(tiny_encoder, dtype, t
 def test_robust_mode_swaps_the_tower_and_counts_image_tokens(tiny_llava, tiny_robust_llava, tiny_encoder):
     assert tiny_llava.describe()["mode"] == "native" and tiny_llava.image_size == 336
     robust = tiny_robust_llava.describe()
-    assert robust == {"mode": "robust", "image_size": 224, "image_tokens": (224 // 32) ** 2}
+    assert robust == {"mode": "robust", "image_size": 224, "image_tokens": (224 // 32) ** 2, "geometry": "pad-square"}
     ids = tiny_robust_llava.prompt_ids(PROMPTS[0])
     assert ids.count(tiny_robust_llava.image_token_id) == 49
     tower = tiny_robust_llava.model.model.vision_tower
@@ -121,6 +121,7 @@ def test_encoder_of_another_width_is_refused(tiny_encoder):
         load_llava(wide_card, tiny_encoder, dtype=torch.float32, device="cpu")
 
 
+@pytest.mark.slow
 def test_full_vit_l14_in_llava_gives_256_image_tokens_and_pixel_gradients(vitl_encoder):
     """The robust protocol on the real encoder architecture: 224 px, layer -2, CLS dropped -> 256 tokens."""
     from vlm_eval.vlms.llava.adapter import LlavaAdapter
@@ -134,7 +135,7 @@ def test_full_vit_l14_in_llava_gives_256_image_tokens_and_pixel_gradients(vitl_e
                                   "num_attention_heads": 4, "num_key_value_heads": 4})
     swap_vision_tower(model, to_hf_vision_model(vitl_encoder.visual))
     vlm = LlavaAdapter(model, byte_tokenizer(), mode="robust")
-    assert vlm.describe() == {"mode": "robust", "image_size": 224, "image_tokens": 256}
+    assert vlm.describe() == {"mode": "robust", "image_size": 224, "image_tokens": 256, "geometry": "pad-square"}
 
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     loss = vlm.loss_closure(Batch(["0"], x, PROMPTS[:1]), TARGETS[:1])(x)
