@@ -86,7 +86,7 @@ class ImageEncoder(Protocol):
 class EncoderFamily(Protocol):
     """What the toolkit asks of an encoder family (`ENCODER_FAMILIES`): every encoder access goes here."""
 
-    def card_from_spec(self, spec: str, arch: str) -> EncoderCard | None: ...
+    def card_from_spec(self, spec: str, arch: str | None = None) -> EncoderCard | None: ...  # None: its default
 
     def resolve_checkpoint(self, card: EncoderCard, weights_dir: Path | None, allow_download: bool) -> Path | None: ...
 
@@ -185,3 +185,10 @@ class TaskType(Protocol):
     def aggregate(self, records: list[Record], step: Step) -> dict[str, float]: ...
 
     def options(self) -> dict[str, Json]: ...
+
+
+class ClassifierTask(TaskType, Protocol):
+    """A task whose model is the encoder's zero-shot classifier over its classes (read by `setup`)."""
+
+    class_names: list[str]
+    templates: tuple[str, ...]

@@ -17,7 +17,7 @@ import torch
 from vlm_eval.attacks.schedule import AttackPlan, Run
 from vlm_eval.attacks.state import AttackHook
 from vlm_eval.attacks.targets import stop_on_target
-from vlm_eval.contracts import LossFn
+from vlm_eval.contracts import Json, LossFn
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -48,7 +48,7 @@ class Worst:
         return cls(pixels.clone(), list(outputs), list(scores), ["clean"] * n, [t[0] for t in texts],
                    [[] for _ in range(n)], [None] * n, [None] * n)
 
-    def lists(self) -> dict[str, list[Any]]:
+    def lists(self) -> dict[str, list[Json]]:
         """Everything but the pixels, as JSON-able lists (for snapshots)."""
         return {k: v for k, v in asdict(self).items() if k != "pixels"}
 

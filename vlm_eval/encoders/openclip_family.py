@@ -278,8 +278,8 @@ def _image_size(config: dict[str, Any]) -> int:
 class OpenClipFamily:
     """The `EncoderFamily` of open_clip models: every access the toolkit makes to an encoder goes here."""
 
-    def card_from_spec(self, spec: str, arch: str = DEFAULT_ARCH) -> EncoderCard | None:
-        return encoder_card_from_spec(spec, arch)
+    def card_from_spec(self, spec: str, arch: str | None = None) -> EncoderCard | None:
+        return encoder_card_from_spec(spec, arch or DEFAULT_ARCH)
 
     def resolve_checkpoint(self, card: EncoderCard, weights_dir: Path | None, allow_download: bool) -> Path | None:
         return resolve_checkpoint(card, weights_dir, allow_download)

@@ -31,7 +31,8 @@ def evaluate_all(task: TaskType, model: VLM | Classifier, samples: list[Sample],
     from tqdm import tqdm
 
     records, skipped = [], []
-    desc = "evaluating" if step.attack is None else f"evaluating, {step.attack.name}"
+    attack = step.attack or step.replay
+    desc = "evaluating" if attack is None else f"evaluating, {attack.name}"
     with tqdm(total=len(samples), desc=desc, unit="sample") as bar:
         for start in range(0, len(samples), batch_size):
             chunk = [s for s in samples[start : start + batch_size] if s.id not in finished]

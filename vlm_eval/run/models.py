@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from vlm_eval import cards, results
 from vlm_eval.cards import EncoderCard, TaskCard, VlmCard
-from vlm_eval.contracts import VLM, Classifier, Json
+from vlm_eval.contracts import VLM, Classifier, ClassifierTask, Json
 from vlm_eval.run.plan import Plan, encoder_family, optional_path, vlm_family
 
 if TYPE_CHECKING:
@@ -58,8 +58,9 @@ def load_vlm(plan: Plan) -> Loaded:
 def load_classifier(plan: Plan) -> Loaded:
     """The encoder's zero-shot classifier over the task's classes (read by `task.setup`)."""
     config, card = plan.config, plan.encoder_card
+    task: ClassifierTask = plan.task  # model_kind "classifier" promises class_names and templates
     classifier, encoder = encoder_family(card).load_classifier(
-        card, plan.task.class_names, list(plan.task.templates), optional_path(config.weights_dir),
+        card, task.class_names, list(task.templates), optional_path(config.weights_dir),
         config.allow_download, plan.device, torch_dtype(plan.precision))
     return Loaded(classifier, {
         **shared_provenance(card, plan.task_card),
@@ -69,7 +70,7 @@ def load_classifier(plan: Plan) -> Loaded:
         "resolution": classifier.image_size,
         "precision": plan.precision,
         "device": plan.device,
-        "n_classes": len(plan.task.class_names),
+        "n_classes": len(task.class_names),
     })
 
 

@@ -183,8 +183,7 @@ def card_from_spec(spec: str, arch: str | None = None) -> EncoderCard | None:
     """An ad-hoc card for an encoder given as a checkpoint path or hf-hub: id (the default family's)."""
     from vlm_eval.encoders import DEFAULT_FAMILY, ENCODER_FAMILIES
 
-    family = ENCODER_FAMILIES.get(DEFAULT_FAMILY)
-    return family.card_from_spec(spec, arch) if arch else family.card_from_spec(spec)
+    return ENCODER_FAMILIES.get(DEFAULT_FAMILY).card_from_spec(spec, arch)
 
 
 def load_encoder_card(config: EvalConfig) -> EncoderCard:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
-from vlm_eval.cards import card_relative
+from vlm_eval.cards import TaskCard, card_relative
+from vlm_eval.data.samples import Sample
 from vlm_eval.errors import CardError, MissingResourceError, UnknownNameError
 from vlm_eval.registry import Registry
 
@@ -23,7 +23,7 @@ def generated_root(generator: str) -> Path:
     return Path(cache) / generator
 
 
-def prepare_generated_data(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> None:
+def prepare_generated_data(card: TaskCard, data_root: Path | None, overrides: dict[str, str] | None = None) -> None:
     """Write a generated task's data on first use (seconds for the evaluation splits).
 
     The default cache gets the whole world; a folder named by --data-root keeps the sizes of the
@@ -41,7 +41,7 @@ def prepare_generated_data(card: Any, data_root: Path | None, overrides: dict[st
         ) from exc
 
 
-def task_files(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> dict[str, Path]:
+def task_files(card: TaskCard, data_root: Path | None, overrides: dict[str, str] | None = None) -> dict[str, Path]:
     """The card's data files as paths: overrides win, then the card's own root, then `data_root`."""
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(card.files))
@@ -54,11 +54,11 @@ def task_files(card: Any, data_root: Path | None, overrides: dict[str, str] | No
     return {key: Path(overrides.get(key) or root / rel).expanduser() for key, rel in card.files.items()}
 
 
-def missing_files(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> list[Path]:
+def missing_files(card: TaskCard, data_root: Path | None, overrides: dict[str, str] | None = None) -> list[Path]:
     return [p for p in task_files(card, data_root, overrides).values() if not p.exists()]
 
 
-def check_task_data(card: Any, data_root: Path | None, overrides: dict[str, str] | None = None) -> dict[str, Path]:
+def check_task_data(card: TaskCard, data_root: Path | None, overrides: dict[str, str] | None = None) -> dict[str, Path]:
     """The task's files, or a `MissingResourceError` listing what is missing and how to get it."""
     files = task_files(card, data_root, overrides)
     missing = [f"  {key}: {path.absolute()}" for key, path in files.items() if not path.exists()]
@@ -71,19 +71,19 @@ def check_task_data(card: Any, data_root: Path | None, overrides: dict[str, str]
     return files
 
 
-def read_task_samples(card: Any, files: dict[str, Path]) -> list[Any]:
+def read_task_samples(card: TaskCard, files: dict[str, Path]) -> list[Sample]:
     """All samples of the task's split, through the reader the card names."""
     return READERS.get(card.reader)(card, files)
 
 
-def _require_files(card: Any, *keys: str) -> None:
+def _require_files(card: TaskCard, *keys: str) -> None:
     missing = [key for key in keys if key not in card.files]
     if missing:
         raise CardError(f"task card {card.card_path}: reader {card.reader!r} needs {missing} under `files`")
 
 
 @READERS.register("karpathy")
-def _read_karpathy(card: Any, files: dict[str, Path]) -> list[Any]:
+def _read_karpathy(card: TaskCard, files: dict[str, Path]) -> list[Sample]:
     from vlm_eval.data import read_karpathy_captions
 
     _require_files(card, "karpathy_json", "image_dir")
@@ -93,7 +93,7 @@ def _read_karpathy(card: Any, files: dict[str, Path]) -> list[Any]:
 
 
 @READERS.register("vqa")
-def _read_vqa(card: Any, files: dict[str, Path]) -> list[Any]:
+def _read_vqa(card: TaskCard, files: dict[str, Path]) -> list[Sample]:
     from vlm_eval.data import read_vqa
 
     _require_files(card, "questions_json", "annotations_json", "image_dir")
@@ -103,14 +103,14 @@ def _read_vqa(card: Any, files: dict[str, Path]) -> list[Any]:
 
 
 @READERS.register("imagefolder")
-def _read_imagefolder(card: Any, files: dict[str, Path]) -> list[Any]:
+def _read_imagefolder(card: TaskCard, files: dict[str, Path]) -> list[Sample]:
     from vlm_eval.data import read_imagefolder
 
     _require_files(card, "image_dir", "class_index_json")
     return read_imagefolder(files["image_dir"], files["class_index_json"])
 
 
-def _card_root(card: Any) -> Path | None:
+def _card_root(card: TaskCard) -> Path | None:
     if card.data_root is None:
         return None
     return card_relative(card, card.data_root)
