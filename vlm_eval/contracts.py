@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict
 
 if TYPE_CHECKING:
     import torch
+    import transformers
     from PIL import Image
 
     from vlm_eval.attacks.schedule import AttackPlan
@@ -81,6 +82,8 @@ class ImageEncoder(Protocol):
     checkpoint: str | None
     sha256: str | None
     image_size: int
+
+    def hf_vision_model(self) -> transformers.CLIPVisionModel: ...  # the tower in the form HF VLMs take
 
 
 class EncoderFamily(Protocol):

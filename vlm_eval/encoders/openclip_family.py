@@ -36,6 +36,7 @@ from vlm_eval.results import file_sha256
 if TYPE_CHECKING:
     import torch
     from torch import nn
+    from transformers import CLIPVisionModel
 
     from vlm_eval.contracts import Classifier, Json, ReferenceEncoder
 
@@ -67,6 +68,12 @@ class LoadedEncoder:
     sha256: str | None
     quick_gelu: bool
     image_size: int
+
+    def hf_vision_model(self) -> CLIPVisionModel:
+        """The tower as transformers' `CLIPVisionModel`, the form HF VLMs (LLaVA) take a vision tower in."""
+        from vlm_eval.encoders.convert import to_hf_vision_model
+
+        return to_hf_vision_model(self.visual)
 
 
 def load_openclip_encoder(

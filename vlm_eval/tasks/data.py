@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlm_eval.cards import TaskCard, card_relative
-from vlm_eval.data.samples import Sample
 from vlm_eval.errors import CardError, MissingResourceError, UnknownNameError
 from vlm_eval.registry import Registry
+
+if TYPE_CHECKING:
+    from vlm_eval.data.samples import Sample  # the data package imports torch; `list` must not
 
 READERS = Registry("data reader")
 GENERATORS = Registry("data generator")  # name -> ensure(root, full): writes a synthetic world's files if absent or stale

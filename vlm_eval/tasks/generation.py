@@ -61,12 +61,15 @@ class GenerationTask:
         with precision(vlm.device, step.attack.clean_precision if step.attack else "model"):
             outputs = vlm.generate(batch, self.card.max_new_tokens)
         records = [self.record(s, raw) for s, raw in zip(samples, outputs)]
-        if step.attack is not None or step.replay is not None:
-            attacked = self.replayed(vlm, batch, samples, step) if step.replay else self.attacked(vlm, batch, samples,
-                                                                                                  records, step)
-            for record, raw, fields in zip(records, attacked.outputs, attacked.fields):
-                record["adversarial"] = {"output": self.postprocess(raw), "raw_output": raw, **fields}
-            add_semantic_checks(records, pixels, attacked.pixels, step)
+        if step.replay is not None:
+            attacked = self.replayed(vlm, batch, samples, step)
+        elif step.attack is not None:
+            attacked = self.attacked(vlm, batch, samples, records, step)
+        else:
+            return records
+        for record, raw, fields in zip(records, attacked.outputs, attacked.fields):
+            record["adversarial"] = {"output": self.postprocess(raw), "raw_output": raw, **fields}
+        add_semantic_checks(records, pixels, attacked.pixels, step)
         return records
 
     def record(self, sample: Sample, raw: str) -> Record:

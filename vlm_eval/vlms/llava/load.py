@@ -34,16 +34,14 @@ def load_llava(card: VlmCard, encoder: ImageEncoder | None, dtype: torch.dtype, 
 
     Args:
         card: a `VlmCard` of family "llava" (an `hf_id`, or a `build` for random weights).
-        encoder: a `LoadedEncoder` to swap in, or None for the native tower.
+        encoder: an `ImageEncoder` to swap in, or None for the native tower.
         dtype: weights' dtype (losses are always computed in fp32).
         device: torch device.
         allow_download: let transformers fetch missing files from the hub.
     """
     model, tokenizer = _load_model(card, dtype, allow_download)
     if encoder is not None:
-        from vlm_eval.encoders.convert import to_hf_vision_model
-
-        swap_vision_tower(model, to_hf_vision_model(encoder.visual))
+        swap_vision_tower(model, encoder.hf_vision_model())
     model.to(device=device, dtype=dtype)
     return LlavaAdapter(model, tokenizer, mode="robust" if encoder is not None else "native")
 
