@@ -19,7 +19,7 @@ LAYERS = [
     {"attacks", "encoders"},
     {"vlms", "semantic", "tasks"},
     {"run", "listing", "miniworld"},
-    {"report", "tables"},
+    {"report", "tables", "finetune"},
     {"plots", "cli"},
     {"__main__"},
 ]

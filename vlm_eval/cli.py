@@ -9,6 +9,7 @@ Examples:
     python -m vlm_eval report RUN_DIR [RUN_DIR ...]                   (HTML report of runs, side by side)
     python -m vlm_eval table RUN_DIR... --format latex                 (the papers' tables)
     python -m vlm_eval plot RUN_DIR... --output-dir plots             (score vs eps, success rates, checks)
+    python -m vlm_eval finetune mini-fare4                            (adversarial fine-tuning of an encoder)
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from vlm_eval.errors import VlmEvalError
 log = logging.getLogger("vlm_eval")
 
 
-# Commands that read finished run folders: name -> module with a `main(argv)`, imported on use
+# Commands of their own: name -> module with a `main(argv)`, imported on use
 # (matplotlib and jinja2 stay out of evaluation runs).
-REPORTING = {"report": "vlm_eval.report", "table": "vlm_eval.tables", "plot": "vlm_eval.plots"}
+COMMANDS = {"report": "vlm_eval.report", "table": "vlm_eval.tables", "plot": "vlm_eval.plots",
+            "finetune": "vlm_eval.finetune.command"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             return list_command(argv[1:])
         if argv[:1] == ["resume"]:
             return resume_command(argv[1:])
-        if argv[:1] and argv[0] in REPORTING:
+        if argv[:1] and argv[0] in COMMANDS:
             from importlib import import_module
 
-            return import_module(REPORTING[argv[0]]).main(argv[1:])
+            return import_module(COMMANDS[argv[0]]).main(argv[1:])
         return eval_command(argv)
     except VlmEvalError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -99,6 +99,9 @@ class EncoderFamily(Protocol):
 
     def load_vision(self, card: EncoderCard, weights_dir: Path | None, allow_download: bool) -> ImageEncoder: ...
 
+    def load_clip(self, card: EncoderCard, weights_dir: Path | None, allow_download: bool
+                  ) -> tuple[torch.nn.Module, Callable[[list[str]], torch.Tensor], dict[str, Json]]: ...
+
     def load_classifier(self, card: EncoderCard, class_names: list[str], templates: list[str],
                         weights_dir: Path | None, allow_download: bool, device: str,
                         dtype: torch.dtype) -> tuple[Classifier, dict[str, Json]]: ...

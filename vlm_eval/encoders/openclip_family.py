@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from vlm_eval.cards import EncoderCard
 from vlm_eval.encoders.weights import (  # noqa: F401  (encoder_card_from_spec, weights_status: the family's API)
@@ -301,6 +301,15 @@ class OpenClipFamily:
 
     def load_vision(self, card: EncoderCard, weights_dir: Path | None, allow_download: bool) -> LoadedEncoder:
         return load_openclip_encoder(card, weights_dir, allow_download)
+
+    def load_clip(self, card: EncoderCard, weights_dir: Path | None,
+                  allow_download: bool) -> tuple[nn.Module, Callable[[list[str]], torch.Tensor], dict[str, Json]]:
+        """(the whole CLIP in fp32, its text tokenizer, provenance): what fine-tuning starts from."""
+        from vlm_eval.encoders.text import load_text_tokenizer
+
+        tokenize = load_text_tokenizer(card)
+        loaded = load_openclip_clip(card, weights_dir, allow_download)
+        return loaded.model, tokenize, {"name": card.name, "checkpoint": loaded.checkpoint, "sha256": loaded.sha256}
 
     def load_classifier(self, card: EncoderCard, class_names: list[str], templates: list[str],
                         weights_dir: Path | None, allow_download: bool, device: str,

@@ -18,6 +18,7 @@ DEFAULT_ARCH = "ViT-L-14-quickgelu"
 # What open_clip itself looks for in a hub repo, safetensors first (open_clip/constants.py).
 OPEN_CLIP_HUB_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_HUB_PREFIX = "hf-hub:"
+RUN_CARD = "encoder.yaml"  # the card `python -m vlm_eval finetune` writes into its run folder
 
 
 def resolve_checkpoint(card: EncoderCard, weights_dir: Path | None = None, allow_download: bool = False) -> Path | None:
@@ -81,7 +82,8 @@ def encoder_card_from_spec(spec: str, arch: str = DEFAULT_ARCH) -> EncoderCard |
     tokenizer (used by zero-shot classification only) is open_clip's for `arch`.
 
     Args:
-        spec: a path to an existing checkpoint file, or `hf-hub:org/name` (an open_clip hub repo).
+        spec: a path to an existing checkpoint file, a `finetune` run folder (its encoder.yaml), or
+            `hf-hub:org/name` (an open_clip hub repo).
         arch: the open_clip architecture the weights are for.
     """
     if spec.startswith(HF_HUB_PREFIX):
@@ -92,6 +94,10 @@ def encoder_card_from_spec(spec: str, arch: str = DEFAULT_ARCH) -> EncoderCard |
         return EncoderCard(name=spec, family=FAMILY_NAME, arch=arch, source=source, tokenizer=arch,
                            description=f"open_clip weights from the HF hub repo {repo}")
     path = Path(spec).expanduser()
+    if path.is_dir() and (path / RUN_CARD).is_file():  # a fine-tuning run folder: its exported card
+        from vlm_eval.cards import parse_card
+
+        return parse_card("encoders", path / RUN_CARD)
     if path.is_file():
         path = path.resolve()
         return EncoderCard(name=path.stem, family=FAMILY_NAME, arch=arch, tokenizer=arch,
