@@ -1,5 +1,5 @@
 """Contract tests, parametrised over the registries: a new VLM family (with a `build:` card), encoder
-family (with a `random` card), attack or task type is tested here for free.
+family (with a `random` card), attack, task type or fine-tuning objective is tested here for free.
 
 The contracts are those of vlm_eval/contracts.py and ../shared/design.md: [0, 1] pixels in, finite
 per-sample losses whose gradients reach the pixels, batch 1 = batch N, and every task type's step
@@ -18,6 +18,7 @@ from vlm_eval.attacks import ATTACKS, ThreatModel
 from vlm_eval.contracts import Batch, Step
 from vlm_eval.data.samples import Sample
 from vlm_eval.encoders import ENCODER_FAMILIES
+from vlm_eval.finetune import OBJECTIVES
 from vlm_eval.run.models import LOADERS
 from vlm_eval.tasks import TASK_TYPES
 from vlm_eval.vlms import VLM_FAMILIES
@@ -156,3 +157,30 @@ def test_a_task_type_turns_a_batch_into_records_its_aggregation_scores(name, tmp
     assert all("score" in r and 0 <= r["score"] for r in records)
     assert task.metric in metrics and not math.isnan(metrics[task.metric])
     assert json.loads(json.dumps(records)) == records  # a record is JSON as it is written
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_an_objective_gives_a_finite_loss_whose_gradient_trains_what_it_says(name):
+    from vlm_eval.encoders.openclip_family import load_openclip_clip
+    from vlm_eval.encoders.text import load_text_tokenizer
+    from vlm_eval.finetune.recipe import recipe_from_dict
+    from vlm_eval.finetune.step import Context, TrainBatch
+    from vlm_eval.finetune.towers import Towers
+
+    card = cards.load_card("encoders", CLASSIFIER_ENCODER)
+    towers = Towers(load_openclip_clip(card).model.requires_grad_(True))
+    original = Towers(load_openclip_clip(card).model)
+    recipe = recipe_from_dict({"method": name, "encoder": card.name, "data": {}, "precision": "fp32",
+                               "inner": {"steps": 2}, "templates": ["a {}"]}, "test")
+    ctx = Context(recipe, towers, towers, original, load_text_tokenizer(card), ["red circle", "blue square"],
+                  lambda: torch.autocast("cpu", enabled=False))
+    pixels = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    batch = TrainBatch(pixels, ["a red circle", "a blue square"], torch.tensor([0, 1]), [0, 1])
+    objective = OBJECTIVES.get(name)()
+    loss, logs = objective.loss(ctx, batch)
+    assert loss.dim() == 0 and torch.isfinite(loss) and logs["loss"] == pytest.approx(loss.item())
+    loss.backward()
+    image_grad = sum(p.grad.abs().sum() for p in towers.clip.visual.parameters() if p.grad is not None)
+    text_grad = sum(p.grad.abs().sum() for p in towers.clip.transformer.parameters() if p.grad is not None)
+    assert image_grad > 0 and (text_grad > 0) == objective.trains_text
+    assert all(p.grad is None for p in original.parameters())  # the original stays as it was

@@ -57,6 +57,10 @@ def finetune(recipe: Recipe, run_dir: Path, resume: bool = False) -> Path:
                               cpu=not torch.cuda.is_available())  # CPU processes then join over gloo
     run = prepare_run(recipe, run_dir, resume, accelerator.num_processes)
     objective: Objective = OBJECTIVES.get(recipe.method)()
+    if objective.needs_labels and run.data.labels is None:
+        raise CardError(f"recipe {recipe.source}: {recipe.method} trains on classes; give class-folder data "
+                        "(data: {kind: imagefolder, image_dir: ..., class_index_json: ...})")
+    run_dir.mkdir(parents=True, exist_ok=True)
     ctx, optimizer, scheduler, provenance = build(run, objective, accelerator)
     start = 0
     if resume:
@@ -89,7 +93,6 @@ def prepare_run(recipe: Recipe, run_dir: Path, resume: bool, processes: int) -> 
     if not resume and (run_dir / "recipe.json").exists():
         raise VlmEvalError(f"{run_dir} holds a fine-tuning run already; choose another --output-dir, or finish it "
                            f"with: python -m vlm_eval finetune --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     card = base_card(recipe.encoder)
     data = read_train_data(recipe.data)
     held = recipe.eval_size if len(data) >= 4 * recipe.eval_size else 0
