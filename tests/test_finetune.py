@@ -92,12 +92,12 @@ def test_mmcoa_is_its_formula_and_its_text_adversary_changes_one_word(tiny, monk
     ctx, batch, x_adv = tiny
     tokens = ctx.tokens(batch.captions)
     with torch.no_grad():
-        adversarial = mmcoa.text_adversary(ctx, tokens, ctx.towers.image(batch.pixels))
+        adversarial = mmcoa.hotflip_adversary(ctx, tokens, ctx.towers.image(batch.pixels))
     assert ((adversarial != tokens).sum(-1) == 1).all()  # one word per caption, never start, end or padding
     assert (adversarial[tokens == 0] == 0).all() and (adversarial[tokens >= 62] == tokens[tokens >= 62]).all()
 
     monkeypatch.setattr(mmcoa, "inner_max", lambda *a, **k: x_adv)
-    monkeypatch.setattr(mmcoa, "text_adversary", lambda c, t, i: adversarial)
+    monkeypatch.setattr(mmcoa, "hotflip_adversary", lambda c, t, i: adversarial)
     loss, _ = mmcoa.MMCoA().loss(ctx, batch)
     s, targets = ctx.towers.logit_scale, torch.arange(3)
 
@@ -257,3 +257,64 @@ def test_train_data_readers_name_the_bad_file(tmp_path):
         read_train_data({"kind": "coco", "captions_json": str(tmp_path / "coco.json"), "image_dir": str(tmp_path)})
     labelled = read_train_data(ZEROSHOT)
     assert len(labelled) == 24 and len(labelled.class_names) == 24 and labelled.labels[0] == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_masked_lm(tmp_path_factory) -> Path:
+    """A random BERT masked LM over a word-level vocabulary, saved as a transformers folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
+    words = "a red blue green circle square cross big small two three shapes on the of".split()
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=64, pad_token_id=0))
+    folder = tmp_path_factory.mktemp("masked-lm")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_bert_attack_changes_one_content_word_to_the_substitute_that_raises_the_loss_most(tiny_masked_lm):
+    from vlm_eval.attacks.text import STOP_WORDS, _substitutes, bert_attack
+    from vlm_eval.finetune.objectives.mmcoa import load_masked_lm
+
+    model, tokenizer = load_masked_lm(str(tiny_masked_lm))
+    texts = ["a red circle on the square", "the of a"]
+    score = {w: i for i, w in enumerate(sorted(tokenizer.get_vocab()))}  # a loss the test can recompute
+
+    def loss(candidates, owners):
+        return torch.tensor([float(sum(score.get(w, 0) for w in c.split())) for c in candidates])
+
+    attacked = bert_attack(texts, model, tokenizer, loss, k=4)
+    assert attacked[1] == texts[1]  # only stop words: nothing to change
+    before, after = texts[0].split(), attacked[0].split()
+    changed = [i for i, (b, a) in enumerate(zip(before, after)) if a != b]
+    assert len(after) == len(before) and len(changed) == 1 and before[changed[0]].lower() not in STOP_WORDS
+    candidates = _substitutes(texts[0], model, tokenizer, 4)
+    assert attacked[0] == max(candidates, key=lambda c: loss([c], [0]).item())
+    with pytest.raises(Exception, match="not a masked LM folder"):
+        load_masked_lm(str(tiny_masked_lm / "missing"))
+
+
+def test_mmcoa_with_bert_attack_trains_on_the_masked_lms_substitutes(tiny_masked_lm):
+    from vlm_eval.encoders.openclip_family import load_openclip_clip
+    from vlm_eval.encoders.text import load_text_tokenizer
+
+    card = cards.load_card("encoders", "mini-clip")
+    towers = Towers(load_openclip_clip(card).model.requires_grad_(True))
+    recipe = recipe_from_dict({"method": "mmcoa", "encoder": "mini-clip", "data": CAPTIONS, "precision": "fp32",
+                               "inner": {"steps": 1}, "text_attack": {"kind": "bert", "model": str(tiny_masked_lm),
+                                                                        "k": 3}}, "test")
+    ctx = Context(recipe, towers, towers, None, load_text_tokenizer(card), None,
+                  lambda: torch.autocast("cpu", enabled=False))
+    batch = TrainBatch(torch.rand(2, 3, 224, 224), ["a red circle", "two blue squares"], None, [0, 1])
+    loss, logs = OBJECTIVES.get("mmcoa")().loss(ctx, batch)
+    assert torch.isfinite(loss) and logs["captions_changed"] == 100.0
+    with pytest.raises(Exception, match="needs `model`"):
+        recipe_from_dict({"method": "mmcoa", "encoder": "x", "data": {}, "text_attack": {"kind": "bert"}}, "test")

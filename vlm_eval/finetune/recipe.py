@@ -14,7 +14,7 @@ Overrides reach nested fields with dots: `--inner.steps 5 --data.limit 64`; valu
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -50,6 +50,9 @@ class Recipe:
     inner: InnerAttack = InnerAttack()
     precision: str = "bf16"  # autocast of forward passes: bf16 or fp32
     templates: tuple[str, ...] = ("This is a photo of a {}",)  # TeCoA's class prompts
+    # MMCoA's text adversary: {kind: hotflip} (gradient search, no extra model) or
+    # {kind: bert, model: <masked LM path or hub id>, k: 8} (BERT-Attack, as the paper)
+    text_attack: dict[str, Json] = field(default_factory=lambda: {"kind": "hotflip"})
     logit_scale: float = 100.0  # TeCoA's s
     eval_every: int = 100  # steps between evaluations on the held-out batch (0: only at the end)
     eval_size: int = 64  # samples in the held-out batch
@@ -142,6 +145,10 @@ def _check(recipe: Recipe) -> None:
         problems.append(f"batch_size {recipe.batch_size} is not a multiple of grad_accum {recipe.grad_accum}")
     if recipe.schedule not in ("cosine", "constant"):
         problems.append(f"schedule {recipe.schedule!r} (cosine or constant)")
+    if not isinstance(recipe.text_attack, dict) or recipe.text_attack.get("kind") not in ("hotflip", "bert"):
+        problems.append(f"text_attack {recipe.text_attack!r} ({{kind: hotflip}} or {{kind: bert, model: ...}})")
+    elif recipe.text_attack["kind"] == "bert" and not recipe.text_attack.get("model"):
+        problems.append("text_attack of kind bert needs `model` (a masked LM's folder or hub id)")
     if recipe.precision not in ("bf16", "fp32"):
         problems.append(f"precision {recipe.precision!r} (bf16 or fp32)")
     try:

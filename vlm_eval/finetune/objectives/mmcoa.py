@@ -3,9 +3,10 @@
 S(a, b) = exp(logit_scale) cos(a, b) over the batch, targets I = arange(B);
 loss = l_t [CE(S(f(x), g(t~)), I) + CE(S(g(t~), f(x)), I)] + l_v [CE(S(f(x~), g(t)), I) + CE(S(g(t), f(x~)), I)],
 l_t = l_v = 0.5. x~: PGD on CE(S(f(x~), g(t)), I) (the recipe's inner attack; MMCoA: eps = step = 1/255,
-10 steps). t~: one word per caption substituted to raise CE(S(g(t~), f(x)), I), by HotFlip's
-gradient search over the text tower's token embeddings (vlm_eval.attacks.text), which needs no
-masked language model (the paper uses BERT-Attack).
+10 steps). t~: one word per caption substituted, by the recipe's `text_attack`: HotFlip's gradient
+search over the text tower's token embeddings, raising CE(S(g(t~), f(x)), I) (`hotflip`, no extra
+model), or BERT-Attack with a masked language model, raising the KL divergence between the clean and
+the perturbed text embeddings (`bert`, as the paper). Both live in vlm_eval.attacks.text.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vlm_eval.attacks.text import substitute_one_token
+from vlm_eval.attacks.text import bert_attack, substitute_one_token
+from vlm_eval.errors import MissingResourceError
 from vlm_eval.finetune.step import Context, TrainBatch
 from vlm_eval.finetune.towers import Towers, cosine_logits, inner_max, per_sample
 
@@ -36,7 +38,7 @@ def text_features_from(towers: Towers, tokens: torch.Tensor, embedded: torch.Ten
         hook.remove()
 
 
-def text_adversary(ctx: Context, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+def hotflip_adversary(ctx: Context, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """Each caption with the one word whose substitution most raises its text-to-image CE."""
     embedding = ctx.towers.clip.token_embedding.weight
     vocab = embedding.shape[0]
@@ -52,8 +54,45 @@ def text_adversary(ctx: Context, tokens: torch.Tensor, image: torch.Tensor) -> t
     return substitute_one_token(tokens, loss, embedding, editable, allowed)
 
 
+def load_masked_lm(name: str) -> tuple[object, object]:
+    """A transformers masked LM and its tokenizer from a folder or the local HF cache (never downloaded here)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        model = AutoModelForMaskedLM.from_pretrained(name, local_files_only=True)
+    except OSError as exc:
+        raise MissingResourceError(f"text_attack model {name!r}: not a masked LM folder nor in the HF cache "
+                                   f"({exc.__class__.__name__}); get it with `hf download {name}`") from exc
+    return model.eval().requires_grad_(False), tokenizer
+
+
+def bert_adversary(ctx: Context, captions: list[str], clean_text: torch.Tensor, masked_lm: tuple[object, object]
+                   ) -> torch.Tensor:
+    """Each caption with the one word whose masked-LM substitute most moves its text embedding (KL)."""
+    reference = F.normalize(clean_text.float(), dim=-1).softmax(-1)
+
+    @torch.no_grad()
+    def divergence(texts: list[str], owners: list[int]) -> torch.Tensor:
+        embedded = F.normalize(ctx.towers.text(ctx.tokens(texts)), dim=-1)
+        return F.kl_div(embedded.log_softmax(-1), reference[owners], reduction="none").sum(-1)
+
+    model, tokenizer = masked_lm
+    return ctx.tokens(bert_attack(captions, model, tokenizer, divergence, int(ctx.recipe.text_attack.get("k", 8))))
+
+
 class MMCoA:
     needs_original, needs_labels, trains_text = False, False, True
+
+    def __init__(self) -> None:
+        self.masked_lm: tuple[object, object] | None = None
+
+    def text_adversary(self, ctx: Context, captions: list[str], tokens: torch.Tensor, clean_image: torch.Tensor,
+                       clean_text: torch.Tensor) -> torch.Tensor:
+        if ctx.recipe.text_attack["kind"] == "bert":
+            self.masked_lm = self.masked_lm or load_masked_lm(str(ctx.recipe.text_attack["model"]))
+            return bert_adversary(ctx, captions, clean_text, self.masked_lm)
+        return hotflip_adversary(ctx, tokens, clean_image)
 
     def loss(self, ctx: Context, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
         tokens = ctx.tokens(batch.captions)
@@ -67,7 +106,7 @@ class MMCoA:
 
         with ctx.autocast():
             x_adv = inner_max(per_sample(image_ce, rows), batch.pixels, ctx.recipe.eps, ctx.recipe.inner, batch.seeds)
-            adv_tokens = text_adversary(ctx, tokens, clean_image)
+            adv_tokens = self.text_adversary(ctx, batch.captions, tokens, clean_image, clean_text)
         image, text = ctx.model(pixels=torch.cat([batch.pixels, x_adv]), tokens=torch.cat([tokens, adv_tokens]))
         (image, image_adv), (text, text_adv) = image.float().chunk(2), text.float().chunk(2)
         scale = ctx.towers.logit_scale
