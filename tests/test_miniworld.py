@@ -205,3 +205,14 @@ def test_world_cli_writes_requested_sizes(tmp_path):
     entries = json.loads((tmp_path / "dataset_miniworld.json").read_text())["images"]
     assert [e["split"] for e in entries] == ["train"] * 4 + ["test"] * 2
     assert len(list((tmp_path / "images/train").glob("*.png"))) == 4
+
+
+def test_the_labelled_training_split_is_the_zero_shot_classes_on_other_images(tmp_path):
+    from vlm_eval.miniworld.scenes import zeroshot_class
+
+    for index in range(30):
+        objects = sample_scene("classes", index).objects
+        assert [(o.color, o.shape) for o in objects] == [zeroshot_class(index)]
+        assert sample_scene("classes", index) != sample_scene("zeroshot", index)  # never the evaluation images
+    path = export.image_path(tmp_path, "classes", 3)
+    assert path.parent.parent == tmp_path / "zeroshot" / "train" and path.parent.name == "_".join(zeroshot_class(3))

@@ -4,6 +4,7 @@ A recipe's `data` names its kind:
 
     {kind: karpathy, karpathy_json: .../dataset_coco.json, image_dir: ..., split: train}  # COCO / Flickr / mini world
     {kind: miniworld}                                       # the mini world's train split (written on first use)
+    {kind: miniworld, labels: true}                         # its labelled single-shape training images (TeCoA)
     {kind: coco, captions_json: .../captions_train2017.json, image_dir: .../train2017}
     {kind: csv, csv: pairs.csv, image_dir: ...}             # rows "path,caption" (paths relative to image_dir)
     {kind: imagefolder, image_dir: train/, class_index_json: imagenet_class_index.json}   # TeCoA's classes
@@ -83,6 +84,9 @@ def _miniworld(spec: dict[str, Json]) -> TrainData:
     from vlm_eval.tasks.data import generated_root
 
     root = Path(spec["root"]) if spec.get("root") else ensure_train_data(generated_root("miniworld"))
+    if spec.get("labels"):
+        return _imagefolder({"kind": "imagefolder", "image_dir": root / "zeroshot" / "train",
+                             "class_index_json": root / "zeroshot" / "class_index.json"})
     return _karpathy({"kind": "karpathy", "karpathy_json": root / "dataset_miniworld.json", "image_dir": root / "images",
                       "split": "train"})
 

@@ -9,9 +9,11 @@ Layout under the world's root (the cache, `$VLM_EVAL_CACHE/miniworld`, unless --
     images/{train,val,test}/{image_id}.png
     zeroshot/class_index.json         ImageNet class-index format: {"0": [folder, class name], ...}
     zeroshot/test/{folder}/{image_id}.png
+    zeroshot/train/{folder}/{image_id}.png   labelled single-shape training images (TeCoA's), with the train split
 
 Annotations for every split are written at once (text is cheap); images are rendered per split on
-demand: the evaluation splits on first use (seconds), the 10,000 training images only for the recipes.
+demand: the evaluation splits on first use (seconds), the 10,000 training images (and 2,400 labelled
+ones) only for the recipes.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from vlm_eval.miniworld.scenes import SPLIT_CODES, WORLD_SEED, sample_scene, zer
 log = logging.getLogger(__name__)
 
 WORLD_VERSION = 3  # bump whenever a change to the world changes a file: stale caches are rewritten
-SPLIT_SIZES = {"train": 10_000, "val": 500, "test": 500, "zeroshot": 600}
-SAMPLE_SIZES = {"train": 0, "val": 0, "test": 12, "zeroshot": 24}  # committed in assets/miniworld/sample
+SPLIT_SIZES = {"train": 10_000, "val": 500, "test": 500, "zeroshot": 600, "classes": 2_400}
+SAMPLE_SIZES = {"train": 0, "val": 0, "test": 12, "zeroshot": 24, "classes": 0}  # committed in assets/miniworld/sample
 EVAL_SPLITS = ("val", "test", "zeroshot")
 QUESTIONS_PER_IMAGE = 3
 WORLD_ENTRIES = ("dataset_miniworld.json", "captions_miniworld.json", "vqa", "images", "zeroshot")  # what a rewrite replaces
@@ -57,8 +59,9 @@ def vqa_rng(split: str, index: int) -> np.random.Generator:
 
 
 def image_path(root: Path, split: str, index: int) -> Path:
-    if split == "zeroshot":
-        return root / "zeroshot" / "test" / class_folder(*zeroshot_class(index)) / f"{image_id(split, index)}.png"
+    if split in ("zeroshot", "classes"):  # class folders: zeroshot/test (evaluation), zeroshot/train (TeCoA)
+        folder = "test" if split == "zeroshot" else "train"
+        return root / "zeroshot" / folder / class_folder(*zeroshot_class(index)) / f"{image_id(split, index)}.png"
     return root / "images" / split / f"{image_id(split, index)}.png"
 
 

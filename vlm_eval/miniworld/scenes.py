@@ -27,7 +27,7 @@ SHAPES = ("circle", "square", "triangle", "cross")
 SIZES = {"small": (26, 32), "large": (38, 44)}  # circumradius in pixels: a small shape spans about two 32-px patches
 REGIONS = {"left": (50, 112), "right": (174, 112), "top": (112, 50), "bottom": (112, 174), "center": (112, 112)}
 BACKGROUNDS = ("blobs", "stripes", "checker", "gradient")
-SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "zeroshot": 4}
+SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "zeroshot": 4, "classes": 5}  # classes: zero-shot-style training images
 JITTER = 6  # pixels of random offset around a region's anchor
 GAP = 4  # minimum pixels between two objects' circumcircles
 
@@ -60,7 +60,7 @@ def sample_scene(split: str, index: int) -> Scene:
     if split == "train" and index % 2 == 1:
         return shape_twin(sample_scene(split, index - 1), scene_rng(split, index))
     rng = scene_rng(split, index)
-    if split == "zeroshot":  # one object of the index's class
+    if split in ("zeroshot", "classes"):  # one object of the index's class
         color, shape = zeroshot_class(index)
         return _scene_with(rng, [(shape, color)])
     n_objects = int(rng.integers(1, 4))
