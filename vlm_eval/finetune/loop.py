@@ -189,7 +189,7 @@ def train_steps(run: Run, ctx: Context, objective: Objective, optimizer: torch.o
         bar.update(1)
         bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4g}", refresh=False)
         write_log(run, accelerator, {"step": step + 1, "lr": scheduler.get_last_lr()[0], **logs})
-        evaluate_now = recipe.eval_every and (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.steps
+        evaluate_now = (recipe.eval_every and (step + 1) % recipe.eval_every == 0) or step + 1 == recipe.steps
         if evaluate_now and run.held_out and accelerator.is_main_process:
             write_log(run, accelerator, {"step": step + 1, "eval": evaluate_held_out(ctx, run.data, run.held_out, size)})
         if (recipe.save_every and (step + 1) % recipe.save_every == 0) or stop.asked:
