@@ -86,6 +86,23 @@ def test_each_objective_is_its_formula_in_value_and_gradient(method, tiny, monke
     assert torch.allclose(_grad(loss, ctx.towers), _grad(expected, ctx.towers), rtol=1e-4, atol=1e-6)
 
 
+def test_tecoa_uses_the_encoders_own_logit_scale_unless_the_recipe_sets_one(tiny, monkeypatch):
+    import dataclasses
+
+    ctx, batch, x_adv = tiny  # the fixture's recipe sets s = 10
+    monkeypatch.setattr("vlm_eval.finetune.objectives.tecoa.inner_max", lambda *a, **k: x_adv)
+    own = dataclasses.replace(ctx, recipe=dataclasses.replace(ctx.recipe, logit_scale=None))
+
+    def loss(context, learned):
+        with torch.no_grad():
+            ctx.towers.clip.logit_scale.fill_(torch.tensor(learned).log())
+            return OBJECTIVES.get("tecoa")().loss(context, batch)[0].item()
+
+    set_by_recipe = loss(ctx, 3.0)  # the learned scale is ignored
+    assert loss(own, 10.0) == pytest.approx(set_by_recipe, rel=1e-5)
+    assert abs(loss(own, 3.0) - set_by_recipe) > 1e-2  # measured 0.036
+
+
 def test_mmcoa_is_its_formula_and_its_text_adversary_changes_one_word(tiny, monkeypatch):
     from vlm_eval.finetune.objectives import mmcoa
 

@@ -53,7 +53,7 @@ class Recipe:
     # MMCoA's text adversary: {kind: hotflip} (gradient search, no extra model) or
     # {kind: bert, model: <masked LM path or hub id>, k: 8} (BERT-Attack, as the paper)
     text_attack: dict[str, Json] = field(default_factory=lambda: {"kind": "hotflip"})
-    logit_scale: float = 100.0  # TeCoA's s
+    logit_scale: float | None = None  # TeCoA's s; None: the encoder's own learned scale (100 for OpenAI CLIP)
     eval_every: int = 100  # steps between evaluations on the held-out batch (0: only at the end)
     eval_size: int = 64  # samples in the held-out batch
     save_every: int = 100  # steps between training-state checkpoints (0: only at the end)

@@ -1,7 +1,8 @@
 """TeCoA (Mao et al. 2023): adversarial training of the image tower on zero-shot classification.
 
-Logits s * cos(f(x), g(t_j)) over the class prompts t_j ("This is a photo of a {class}", s = 100; the
-text tower frozen); x_adv = argmax CE(logits(x + d), y); loss = CE(logits(x_adv), y).
+Logits s * cos(f(x), g(t_j)) over the class prompts t_j ("This is a photo of a {class}"; s is the
+encoder's own learned logit scale, 100 for OpenAI CLIP, unless the recipe sets one; the text tower
+frozen); x_adv = argmax CE(logits(x + d), y); loss = CE(logits(x_adv), y).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class TeCoA:
         return self.class_text
 
     def loss(self, ctx: Context, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        text, scale = self.class_features(ctx), ctx.recipe.logit_scale
+        text, scale = self.class_features(ctx), ctx.recipe.logit_scale or ctx.towers.logit_scale.detach()
 
         def ce(pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(cosine_logits(ctx.towers.image(pixels), text, scale), labels, reduction="none")
