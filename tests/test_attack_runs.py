@@ -236,13 +236,6 @@ def test_from_adversarial_needs_every_sample_before_any_work(sample, tmp_path, c
     assert not out.exists()
 
 
-def test_zero_shot_tasks_refuse_attacks_rather_than_ignore_them(sample, tmp_path, capsys):
-    args = ["--encoder", "mini-clip", "--task", "mini-zeroshot", "--data-root", str(sample), "--n-samples", "all"]
-    assert main([*args, "--output-dir", str(tmp_path / "a"), "--attack", "apgd"]) == 2
-    assert main([*args, "--output-dir", str(tmp_path / "b"), "--from-adversarial", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.count("not available for zero-shot") == 2
-
-
 def test_default_schedules_are_the_papers_protocol():
     """RobustVLM's run_evaluation.py, run for run: the targeted VQA runs come last, in fp32, from the clean image."""
     from vlm_eval.attacks.schedule import Schedule

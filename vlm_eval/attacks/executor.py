@@ -56,7 +56,9 @@ class Worst:
 class Target(Protocol):
     """What the executor asks of the model under attack, by batch rows."""
 
-    def loss_for(self, rows: list[int], texts: list[str]) -> LossFn: ...
+    def loss_for(self, rows: list[int], texts: list[str], run: Run) -> LossFn: ...
+
+    def seeds(self, rows: list[int], run_index: int) -> list[int] | None: ...  # of random starts (None: by row)
 
     def generate(self, rows: list[int], pixels: torch.Tensor) -> list[str]: ...
 
@@ -107,8 +109,9 @@ def _attack_rows(plan: AttackPlan, run: Run, index: int, x: torch.Tensor, device
                               run.target, plan.check_every)
     start = worst.pixels[rows].to(device) if run.start == "best" else None
     with precision(device, run.precision), checkpoint.watch(index, run, rows, worst) as hook:
-        result = ATTACKS.get(run.attack)(target.loss_for(rows, texts), x[rows].to(device), plan.threat, plan.steps,
-                                         maximize=run.text != "target", x_init=start, done=done, hook=hook,
+        result = ATTACKS.get(run.attack)(target.loss_for(rows, texts, run), x[rows].to(device), plan.threat,
+                                         plan.steps, maximize=run.text != "target", x_init=start, done=done,
+                                         hook=hook, seeds=target.seeds(rows, index),
                                          **plan.options.get(run.attack, {}))
         outputs = target.generate(rows, result.x_adv)
     scores = target.score(rows, outputs)

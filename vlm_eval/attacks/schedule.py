@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vlm_eval.attacks.logit_losses import LOGIT_LOSSES
 from vlm_eval.attacks.targets import TARGET_PRESETS, target_hit
 from vlm_eval.attacks.threat import ThreatModel
 from vlm_eval.contracts import Json
@@ -47,9 +48,12 @@ class Run:
     index: int = 0
     target: str | None = None
     start: str = "clean"  # clean, or best: the worst-case image so far
+    loss: str | None = None  # a classifier's run: its logit loss (attacks.logit_losses); index ranks the target class
 
     @property
     def label(self) -> str:
+        if self.loss is not None:
+            return f"{self.attack} {self.loss}" + (f" target {self.index}" if self.index else "")
         what = {"reference": f"reference {self.index}", "target": f"target {self.target!r}", "best": "best text"}
         return f"{self.attack} {self.precision} {what[self.text]}" + (" from best" if self.start == "best" else "")
 
@@ -101,9 +105,27 @@ def _parse_run(item: object, path: Path, i: int) -> Run:
     problems += [f"text {run.text!r}"] if run.text not in TEXTS else []
     problems += ["text: target without target:"] if run.text == "target" and not run.target else []
     problems += [f"start {run.start!r}"] if run.start not in ("clean", "best") else []
+    problems += [f"loss {run.loss!r}"] if run.loss is not None and run.loss not in LOGIT_LOSSES else []
     if problems:
         raise CardError(f"schedule {path}, run {i}: bad {', '.join(problems)}")
     return run
+
+
+def _classifier_attacks() -> dict[str, tuple[Run, ...]]:
+    """`--attack` on a zero-shot task: each a schedule of runs on the logits. apgd-t is AutoAttack's
+    APGD-T: targeted DLR towards the 2nd, ..., 10th largest clean logits (run index k: the k-th class
+    after the true one); autoattack is APGD-CE then APGD-T, the version the TeCoA, FARE and TTC
+    evaluations run (AutoAttack's FAB-T and Square left out, as they do)."""
+    apgd_t = tuple(Run("apgd", "model", index=k, loss="dlr-targeted") for k in range(1, 10))
+    return {"apgd-ce": (Run("apgd", "model", loss="ce"),), "apgd-t": apgd_t,
+            "pgd": (Run("pgd", "model", loss="ce"),), "cw": (Run("pgd", "model", loss="cw"),),
+            "autoattack": (Run("apgd", "model", loss="ce"), *apgd_t)}
+
+
+CLASSIFIER_ATTACKS = _classifier_attacks()
+# AutoAttack's APGD: a first step of 2 eps from a uniform random start; PGD: Madry et al.'s random start.
+CLASSIFIER_OPTIONS = {"apgd": {"initial_step": 2.0, "random_start": True}, "pgd": {"random_start": True}}
+STILL_CORRECT = 100.0  # a classifier's per-sample score is 100 (right) or 0: runs attack the samples still right
 
 
 @dataclass(frozen=True)
@@ -147,12 +169,29 @@ class AttackPlan:
                    target=target, check_every=check_every if target else 0)
 
     @classmethod
+    def on_classifier(cls, name: str, eps: str, norm: str, steps: int) -> AttackPlan:
+        """`--attack NAME` on a zero-shot task: each run attacks the samples every earlier run left correct,
+        and each sample keeps its worst outcome (AutoAttack's robust accuracy)."""
+        if name not in CLASSIFIER_ATTACKS:
+            raise UnknownNameError(f"unknown attack {name!r} for a zero-shot task; known: none, "
+                                   f"{', '.join(CLASSIFIER_ATTACKS)}")
+        runs = CLASSIFIER_ATTACKS[name]
+        options = {run.attack: dict(CLASSIFIER_OPTIONS[run.attack]) for run in runs}
+        return cls(name, Schedule(runs, STILL_CORRECT, name), ThreatModel.parse(eps, norm), steps, options,
+                   STILL_CORRECT)
+
+    @classmethod
     def ensemble_of(cls, schedule: Schedule, threat: ThreatModel, steps: int, stop_below: float) -> AttackPlan:
         return cls(ENSEMBLE, schedule, threat, steps, dict(PROTOCOL_OPTIONS), stop_below)
 
     @property
     def ensemble(self) -> bool:
         return self.name == ENSEMBLE
+
+    @property
+    def on_logits(self) -> bool:
+        """A classifier's attack (its runs name logit losses)."""
+        return self.schedule.runs[0].loss is not None
 
     @property
     def targeted(self) -> bool:
@@ -166,6 +205,9 @@ class AttackPlan:
 
     def describe(self) -> dict[str, Json]:
         threat = self.threat.describe()
+        if self.on_logits:
+            return {"name": self.name, **threat, "steps": self.steps, "runs": [r.label for r in self.schedule.runs],
+                    "options": self.options}
         if self.ensemble:
             return {"name": self.name, **threat, "steps": self.steps, "schedule": self.schedule.describe(),
                     "stop_below": self.stop_below, "clean_precision": self.clean_precision, "options": self.options}

@@ -73,8 +73,8 @@ def resolve(config: EvalConfig) -> Plan:
             raise VlmEvalError("--attack ensemble keeps fp32 weights and runs its half-precision attacks under "
                                "autocast: drop --precision or use fp32")
         precision = "fp32"
-    attacked = attack is not None or replay is not None
-    reference_card, sentence_model = resolve_semantic(config, vlm_card) if attacked else (None, None)
+    checked = (attack is not None or replay is not None) and not classifier  # semantic checks: of VLM outputs
+    reference_card, sentence_model = resolve_semantic(config, vlm_card) if checked else (None, None)
     return Plan(config, vlm_card, encoder_card, task_card, task, device, precision,
                 run_dir_for(config, swapped, classifier), *subset_choice(config, attack), attack, replay,
                 reference_card, sentence_model)
@@ -138,8 +138,8 @@ def semantic_models(config: EvalConfig, vlm_card: VlmCard) -> tuple[str, str]:
 def resolve_attack(config: EvalConfig, task_card: TaskCard,
                    classifier: bool) -> tuple[AttackPlan | None, SavedAdversarial | None]:
     """(the attack the config asks for, or the saved images to replay); bad names and radii fail here."""
-    if classifier and (config.attack != "none" or config.from_adversarial):
-        raise VlmEvalError("attacks are not available for zero-shot classification tasks yet")
+    if classifier:
+        return classifier_attack(config), None
     if config.from_adversarial:
         if config.attack != "none":
             raise VlmEvalError("--from-adversarial evaluates saved images instead of attacking: drop --attack")
@@ -159,6 +159,22 @@ def resolve_attack(config: EvalConfig, task_card: TaskCard,
             return ensemble_plan(config, task_card), None
         return AttackPlan.single(config.attack, config.eps, config.norm, config.steps, config.target,
                                  config.check_every), None
+    except ValueError as exc:
+        raise VlmEvalError(str(exc)) from exc
+
+
+def classifier_attack(config: EvalConfig) -> AttackPlan | None:
+    """A zero-shot task's attack (--attack apgd-ce, apgd-t, pgd, cw, autoattack), or None."""
+    from vlm_eval.attacks.schedule import AttackPlan
+
+    for given, option in ((config.from_adversarial, "--from-adversarial"), (config.schedule, "--schedule"),
+                          (config.target, "--target")):
+        if given:
+            raise VlmEvalError(f"{option} is for captioning and VQA tasks, not zero-shot classification")
+    if config.attack == "none":
+        return None
+    try:
+        return AttackPlan.on_classifier(config.attack, config.eps, config.norm, config.steps)
     except ValueError as exc:
         raise VlmEvalError(str(exc)) from exc
 

@@ -21,6 +21,8 @@ from vlm_eval.tasks.scoring import score_records
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from vlm_eval.attacks.schedule import Run
+
     from vlm_eval.cards import TaskCard
 
 
@@ -113,8 +115,11 @@ class VlmTarget:
         # an ensemble scores samples against the whole set's references (CIDEr's idf), not the batch's
         self.references = {s.id: list(s.references) for s in step.samples} if step.attack.ensemble else None
 
-    def loss_for(self, rows: list[int], texts: list[str]) -> LossFn:
+    def loss_for(self, rows: list[int], texts: list[str], run: Run) -> LossFn:
         return self.vlm.loss_closure(self.batch.select(rows, self.batch.pixels[rows]), texts)
+
+    def seeds(self, rows: list[int], run_index: int) -> None:
+        return None  # the VLM attacks of the protocol start at the image
 
     def generate(self, rows: list[int], pixels: torch.Tensor) -> list[str]:
         return self.vlm.generate(self.batch.select(rows, pixels), self.task.card.max_new_tokens)

@@ -7,19 +7,24 @@ scores accuracy.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from vlm_eval.cards import TaskCard
-from vlm_eval.contracts import Classifier, Json, Record, Step
+from vlm_eval.contracts import Classifier, Json, LossFn, Record, Step
 from vlm_eval.data.imagefolder import ImageClass
 from vlm_eval.data.samples import Sample
 from vlm_eval.encoders.zeroshot import template_problem
 from vlm_eval.errors import CardError
 
+if TYPE_CHECKING:
+    from vlm_eval.attacks.schedule import AttackPlan, Run
+
 TOP_K = 5  # predictions listed per sample
+TARGET_CLASSES = 9  # APGD-T's targets: the classes after the true one by clean logit
 
 
 class ZeroShot:
@@ -53,8 +58,38 @@ class ZeroShot:
 
     def evaluate_batch(self, classifier: Classifier, samples: list[Sample], pixels: torch.Tensor,
                        step: Step) -> list[Record]:
+        """The batch's records: the clean prediction and, in an attacked run, each sample's worst one."""
         with torch.no_grad():
-            return self.records(samples, classifier(pixels.to(classifier.device)), self.classes)
+            logits = classifier(pixels.to(classifier.device))
+        records = self.records(samples, logits, self.classes)
+        if step.attack is not None:
+            self.attack(classifier, samples, pixels, logits, records, step)
+        return records
+
+    def attack(self, classifier: Classifier, samples: list[Sample], pixels: torch.Tensor, logits: torch.Tensor,
+               records: list[Record], step: Step) -> None:
+        """Run the attack's schedule (each run on the samples still right) and add `adversarial` to each record."""
+        from vlm_eval.attacks.executor import Worst, execute
+        from vlm_eval.attacks.snapshot import BatchSnapshot
+        from vlm_eval.metrics.similarity import perturbation_norms
+        from vlm_eval.results import save_adversarial
+
+        plan, ids = step.attack, [s.id for s in samples]
+        folders = [c.folder for c in self.classes]
+        texts = [[folders[r["label_index"]]] + ranked_others(row, r["label_index"], TARGET_CLASSES, folders)
+                 for r, row in zip(records, logits.float().tolist())]
+        clean = [folders[r["prediction_index"]] for r in records]
+        worst = Worst.start(pixels, clean, [r["score"] for r in records], texts)
+        checkpoint = BatchSnapshot(step.run_dir, ids, plan.describe(), plan.steps, len(plan.schedule.runs),
+                                   step.resuming)
+        target = ClassifierTarget(classifier, pixels, [t[0] for t in texts], folders, ids)
+        worst = execute(plan, pixels, classifier.device, texts, worst, target, checkpoint)
+        save_adversarial(step.run_dir, ids, worst.pixels)
+        names = {c.folder: c.name for c in self.classes}
+        for i, (record, size) in enumerate(zip(records, perturbation_norms(pixels, worst.pixels))):
+            record["adversarial"] = {"prediction": names[worst.output[i]], "score": worst.score[i],
+                                     "attack": worst.by[i], "runs": worst.runs[i], "loss": worst.loss[i],
+                                     "steps": worst.steps[i], "perturbation": size}
 
     def records(self, samples: Sequence[Sample], logits: torch.Tensor, classes: Sequence[ImageClass]) -> list[Record]:
         """One result record per sample from its row of logits (score 100 if right, else 0)."""
@@ -74,8 +109,12 @@ class ZeroShot:
         return records
 
     def aggregate(self, records: list[Record], step: Step) -> dict[str, float]:
-        """Accuracy (mean per-sample score, x100), chance level (100 / n_classes) and n_classes."""
-        return self.metrics(records, len(self.classes))
+        """Accuracy (mean per-sample score, x100), chance level (100 / n_classes) and n_classes; attacked, the
+        robust accuracy (right on the clean image and after every run)."""
+        metrics = self.metrics(records, len(self.classes))
+        if records and "adversarial" in records[0]:
+            metrics["accuracy_robust"] = sum(r["adversarial"]["score"] for r in records) / len(records)
+        return metrics
 
     def metrics(self, records: list[Record], n_classes: int) -> dict[str, float]:
         accuracy = sum(r["score"] for r in records) / len(records) if records else float("nan")
@@ -83,3 +122,47 @@ class ZeroShot:
 
     def options(self) -> dict[str, Json]:
         return {"templates": list(self.templates)}
+
+
+def ranked_others(logits: list[float], label: int, k: int, names: list[str]) -> list[str]:
+    """The k classes other than `label` with the largest logits, largest first (APGD-T's targets)."""
+    order = sorted(range(len(logits)), key=lambda c: -logits[c])
+    return [names[c] for c in order if c != label][:k]
+
+
+class ClassifierTarget:
+    """The executor's view of a classifier on one batch (`attacks.executor.Target`): texts are class folders,
+    outputs the predicted class's folder, scores 100 (right) or 0."""
+
+    def __init__(self, classifier: Classifier, pixels: torch.Tensor, labels: list[str], folders: list[str],
+                 ids: list[str]):
+        self.classifier, self.labels, self.ids = classifier, labels, ids
+        self.index = {folder: i for i, folder in enumerate(folders)}
+        self.folders = folders
+
+    def loss_for(self, rows: list[int], texts: list[str], run: Run) -> LossFn:
+        from vlm_eval.attacks.logit_losses import LOGIT_LOSSES, MIN_CLASSES
+
+        if len(self.folders) < MIN_CLASSES[run.loss]:
+            raise CardError(f"the {run.loss} loss needs at least {MIN_CLASSES[run.loss]} classes; "
+                            f"this task has {len(self.folders)}: use --attack apgd-ce or pgd")
+        loss, device = LOGIT_LOSSES[run.loss], self.classifier.device
+        labels = torch.tensor([self.index[self.labels[i]] for i in rows], device=device)
+        targets = torch.tensor([self.index[t] for t in texts], device=device)
+
+        def loss_fn(pixels: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
+            sub = sub.to(device)
+            return loss(self.classifier(pixels), labels[sub], targets[sub])
+
+        return loss_fn
+
+    def generate(self, rows: list[int], pixels: torch.Tensor) -> list[str]:
+        with torch.no_grad():
+            return [self.folders[c] for c in self.classifier(pixels).argmax(-1).tolist()]
+
+    def score(self, rows: list[int], outputs: list[str]) -> list[float]:
+        return [100.0 if out == self.labels[i] else 0.0 for i, out in zip(rows, outputs)]
+
+    def seeds(self, rows: list[int], run_index: int) -> list[int]:
+        """Per sample and run: its random start does not depend on the batch it falls in."""
+        return [zlib.crc32(f"{self.ids[i]}/{run_index}".encode()) for i in rows]
