@@ -21,7 +21,7 @@ from vlm_eval.encoders.zeroshot import template_problem
 from vlm_eval.errors import CardError
 
 if TYPE_CHECKING:
-    from vlm_eval.attacks.schedule import AttackPlan, Run
+    from vlm_eval.attacks.schedule import Run
 
 TOP_K = 5  # predictions listed per sample
 TARGET_CLASSES = 9  # APGD-T's targets: the classes after the true one by clean logit
