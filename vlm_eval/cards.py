@@ -35,6 +35,7 @@ class EncoderCard:
     aliases: tuple[str, ...] = ()
     arch_config: dict[str, Any] | None = None  # open_clip model config for architectures open_clip lacks
     tokenizer: str | None = None  # text tokenizer: a `tokenizers` JSON file (relative to the card) or an open_clip name
+    original: str | None = None  # the encoder card it was fine-tuned from (TTC measures tau with that one)
     card_path: str | None = None
 
 

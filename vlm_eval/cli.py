@@ -95,6 +95,7 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="clean-up of answers and captions before scoring: LLaVA's own evaluation, or OpenFlamingo's "
                         "(as RobustVLM applies it to LLaVA too)")
     _add_attack_arguments(p, defaults)
+    _add_defense_arguments(p, defaults)
     _add_semantic_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -123,6 +124,21 @@ def _add_attack_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> N
                         help="with --from-adversarial: round the images to 8 bits first, as saving a PNG would")
 
 
+def _add_defense_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> None:
+    defense = p.add_argument_group("defence", "a test-time defence where images enter the model (docs/defenses.md)")
+    defense.add_argument("--defense", default=defaults.defense,
+                         help="none, ttc (test-time counterattack) or random-noise (its baseline) (default %(default)s)")
+    defense.add_argument("--defense-arg", action="append", default=[], metavar="KEY=VALUE",
+                         help="a defence setting, repeatable: eps, steps, step_size, tau_threshold, beta, "
+                         "tau_encoder (the encoder whose embedding measures tau; default: the card's original)")
+    defense.add_argument("--adaptive", action="store_true",
+                         help="attack through the defence (default: the paper's non-adaptive setting, the attack "
+                         "computed on the undefended model and the defence applied after)")
+    defense.add_argument("--eot-samples", type=int, default=defaults.eot_samples, metavar="N",
+                         help="--adaptive: draws of the defence's randomness averaged per attack step "
+                         "(default %(default)s)")
+
+
 def _add_semantic_arguments(p: argparse.ArgumentParser) -> None:
     semantic = p.add_argument_group("semantic checks", "how attacked samples' images and outputs are compared "
                                     "with the clean ones (docs/semantic.md)")
@@ -147,7 +163,9 @@ def eval_command(argv: list[str]) -> int:
         attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps, target=args.target,
         check_every=args.check_every, schedule=args.schedule, from_adversarial=args.from_adversarial,
         quantize_8bit=args.quantize_8bit, reference_encoder=args.reference_encoder,
-        sentence_model=args.sentence_model,
+        sentence_model=args.sentence_model, defense=args.defense,
+        defense_args=dict(_key_value(kv) for kv in args.defense_arg), adaptive=args.adaptive,
+        eot_samples=args.eot_samples,
     )
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked

@@ -44,6 +44,10 @@ class EvalConfig:
     quantize_8bit: bool = False  # round those images to 8 bits first, as a PNG would
     reference_encoder: str | None = None  # semantic checks' reference CLIP (None: the VLM card's; "none": skip)
     sentence_model: str | None = None  # semantic checks' sentence model (None: the VLM card's; "none": skip)
+    defense: str = "none"  # a test-time defence (vlm_eval.defenses): ttc, random-noise
+    defense_args: dict[str, str] = field(default_factory=dict)  # its settings: key -> value as written
+    adaptive: bool = False  # attacks go through the defence (else: computed on the undefended model)
+    eot_samples: int = 1  # adaptive: draws of the defence's randomness averaged per attack step
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -157,6 +157,10 @@ class Classifier(Protocol):
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
+    def attack_logits(self, pixels: torch.Tensor) -> list[torch.Tensor]: ...  # what attacks see (several: EOT)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (B, D) image embeddings, not normalised
+
     def preprocess(self, image: Image.Image) -> torch.Tensor: ...
 
 
@@ -169,9 +173,10 @@ class ReferenceEncoder(Protocol):
 
 
 class Defense(Protocol):
-    """A test-time defence: [0, 1] pixels -> [0, 1] pixels, where pixels enter the model."""
+    """A test-time defence: [0, 1] pixels -> [0, 1] pixels, where pixels enter the model; `draw` picks
+    another draw of its randomness (EOT), each image's seeded by its own pixels."""
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, pixels: torch.Tensor, draw: int = 0) -> torch.Tensor: ...
 
 
 class TaskType(Protocol):

@@ -78,10 +78,17 @@ class ZeroShotClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) pixels in [0, 1] -> (B, n_classes) float32 logits (differentiable in `pixels`)."""
+        features = F.normalize(self.embed(pixels), dim=-1)
+        return self.logit_scale.float().exp() * features @ self.class_weights.float().T
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, D) float32 image embeddings, not normalised (what TTC measures)."""
         x = clip_normalize(pixels.float())
         x = x.to(next(self.visual.parameters()).dtype)  # the tower may run in fp16 / bf16
-        features = F.normalize(self.visual(x).float(), dim=-1)
-        return self.logit_scale.float().exp() * features @ self.class_weights.float().T
+        return self.visual(x).float()
+
+    def attack_logits(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        return [self(pixels)]
 
 
 @torch.no_grad()

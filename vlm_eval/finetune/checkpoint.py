@@ -72,7 +72,7 @@ def export_encoder(clip: nn.Module, base: EncoderCard, run_dir: Path, name: str,
                        f"weights sha256 {results.file_sha256(weights)}",
         "family": base.family, "arch": base.arch, "trained_eps": recipe["eps"], "image_size": base.image_size,
         "source": {"path": ENCODER_WEIGHTS, "format": "open_clip_full"}, "tokenizer": tokenizer,
-        "paper": recipe["method"],
+        "paper": recipe["method"], "original": base.original or (base.name if base.card_path else None),
     }
     if base.arch_config is not None:
         card["arch_config"] = base.arch_config

@@ -62,6 +62,9 @@ def load_classifier(plan: Plan) -> Loaded:
     classifier, encoder = encoder_family(card).load_classifier(
         card, task.class_names, list(task.templates), optional_path(config.weights_dir),
         config.allow_download, plan.device, torch_dtype(plan.precision))
+    defense = None
+    if plan.defense is not None:
+        classifier, defense = defended(plan, classifier)
     return Loaded(classifier, {
         **shared_provenance(card, plan.task_card),
         "encoder": encoder,
@@ -71,7 +74,25 @@ def load_classifier(plan: Plan) -> Loaded:
         "precision": plan.precision,
         "device": plan.device,
         "n_classes": len(task.class_names),
+        "defense": defense,
     })
+
+
+def defended(plan: Plan, classifier: Classifier) -> tuple[Classifier, dict[str, Json]]:
+    """The classifier behind the plan's defence (TTC's tau measured by the original encoder if the plan
+    names one), and the defence's provenance."""
+    from vlm_eval.data.images import clip_normalize
+    from vlm_eval.defenses import DefendedClassifier
+    from vlm_eval.defenses.ttc import TestTimeCounterattack
+
+    tau_embed, tau_from = None, plan.encoder_card.name
+    if plan.tau_card is not None:
+        tower = encoder_family(plan.tau_card).load_vision(plan.tau_card, optional_path(plan.config.weights_dir),
+                                                          plan.config.allow_download)
+        visual = tower.visual.to(plan.device).eval().requires_grad_(False)
+        tau_embed, tau_from = (lambda pixels: visual(clip_normalize(pixels.float()))), plan.tau_card.name
+    defense = TestTimeCounterattack(classifier.embed, plan.defense.settings, tau_embed)
+    return DefendedClassifier(classifier, defense, plan.defense), {**plan.defense.describe(), "tau_encoder": tau_from}
 
 
 LOADERS: dict[str, Callable[[Plan], Loaded]] = {"vlm": load_vlm, "classifier": load_classifier}

@@ -20,6 +20,7 @@ from vlm_eval.errors import MissingResourceError, VlmEvalError
 if TYPE_CHECKING:
     from vlm_eval.attacks.schedule import AttackPlan
     from vlm_eval.contracts import EncoderFamily, TaskType, VlmFamily
+    from vlm_eval.defenses import DefenseChoice
     from vlm_eval.results import SavedAdversarial
 
 T = TypeVar("T")
@@ -43,6 +44,8 @@ class Plan:
     replay: SavedAdversarial | None = None  # --from-adversarial: saved images evaluated instead of attacking
     reference_card: EncoderCard | None = None  # the semantic checks' reference CLIP; None: those checks are skipped
     sentence_model: str | None = None  # hub id, folder or "reference" (its text tower); None: skipped
+    defense: DefenseChoice | None = None  # a test-time defence where pixels enter the model
+    tau_card: EncoderCard | None = None  # TTC's tau encoder when it is not the evaluated one
 
     @property
     def classifier(self) -> bool:
@@ -75,9 +78,26 @@ def resolve(config: EvalConfig) -> Plan:
         precision = "fp32"
     checked = (attack is not None or replay is not None) and not classifier  # semantic checks: of VLM outputs
     reference_card, sentence_model = resolve_semantic(config, vlm_card) if checked else (None, None)
+    defense, tau_card = resolve_defense(config, encoder_card, classifier)
     return Plan(config, vlm_card, encoder_card, task_card, task, device, precision,
                 run_dir_for(config, swapped, classifier), *subset_choice(config, attack), attack, replay,
-                reference_card, sentence_model)
+                reference_card, sentence_model, defense, tau_card)
+
+
+def resolve_defense(config: EvalConfig, encoder_card: EncoderCard | None,
+                    classifier: bool) -> tuple[DefenseChoice | None, EncoderCard | None]:
+    """(the defence asked for, the card of the encoder measuring TTC's tau if not the evaluated one)."""
+    from vlm_eval.defenses import choose_defense
+
+    defense = choose_defense(config.defense, config.defense_args, config.adaptive, config.eot_samples)
+    if defense is None:
+        return None, None
+    if not classifier:
+        raise VlmEvalError("--defense works on zero-shot tasks for now; inside VLMs it is still to come")
+    tau_name = defense.tau_encoder or encoder_card.original
+    if tau_name is None or tau_name == encoder_card.name:
+        return defense, None
+    return defense, card_from_spec(tau_name, config.encoder_arch) or cards.load_card("encoders", tau_name)
 
 
 def make_task(config: EvalConfig, card: TaskCard) -> TaskType:

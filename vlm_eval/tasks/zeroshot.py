@@ -152,7 +152,8 @@ class ClassifierTarget:
 
         def loss_fn(pixels: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
             sub = sub.to(device)
-            return loss(self.classifier(pixels), labels[sub], targets[sub])
+            views = self.classifier.attack_logits(pixels)  # several under EOT: their mean loss
+            return sum(loss(logits, labels[sub], targets[sub]) for logits in views) / len(views)
 
         return loss_fn
 

@@ -1,0 +1,96 @@
+"""Test-time defences: [0, 1] pixels -> [0, 1] pixels, applied where pixels enter the model.
+
+`--defense ttc` (the test-time counterattack, `ttc.py`) or `random-noise` (its baseline: the random
+start alone), with `--defense-arg key=value` for its settings. An attack on a defended model is
+*non-adaptive* by default, as the TTC paper evaluates it (computed on the undefended model, the
+defence applied after), or *adaptive* with `--adaptive` (through the defence, its loss averaged over
+`--eot-samples` draws of the defence's randomness).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from vlm_eval.contracts import Classifier, Defense, Json
+from vlm_eval.defenses.ttc import TtcSettings
+from vlm_eval.errors import VlmEvalError
+
+DEFENSES = {"ttc": TtcSettings(), "random-noise": TtcSettings(steps=0)}  # name -> its default settings
+RADII = ("eps", "step_size")  # settings written as radii ("4/255")
+
+
+@dataclass(frozen=True)
+class DefenseChoice:
+    """What the config asks for: the defence, its settings, and how attacks treat it."""
+
+    name: str
+    settings: TtcSettings
+    adaptive: bool = False
+    eot_samples: int = 1
+    tau_encoder: str | None = None  # the encoder card whose embedding measures tau (None: the card's `original`)
+
+    def describe(self) -> dict[str, Json]:
+        return {"name": self.name, **dataclasses.asdict(self.settings), "adaptive": self.adaptive,
+                "eot_samples": self.eot_samples, "tau_encoder": self.tau_encoder}
+
+
+def choose_defense(name: str, args: dict[str, str], adaptive: bool, eot_samples: int) -> DefenseChoice | None:
+    """`--defense NAME --defense-arg k=v ... [--adaptive --eot-samples N]`; None for `none`."""
+    if name == "none":
+        if args or adaptive:
+            raise VlmEvalError("--defense-arg and --adaptive need a --defense (ttc or random-noise)")
+        return None
+    if name not in DEFENSES:
+        raise VlmEvalError(f"unknown defense {name!r}; known: none, {', '.join(DEFENSES)}")
+    if eot_samples < 1:
+        raise VlmEvalError(f"--eot-samples must be >= 1, got {eot_samples}")
+    values, tau_encoder = dict(args), args.get("tau_encoder")
+    values.pop("tau_encoder", None)
+    known = {f.name: f.type for f in dataclasses.fields(TtcSettings)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise VlmEvalError(f"--defense-arg {unknown[0]}: unknown; {name} takes {', '.join([*known, 'tau_encoder'])}")
+    parsed = {key: _setting(key, value) for key, value in values.items()}
+    return DefenseChoice(name, dataclasses.replace(DEFENSES[name], **parsed), adaptive, eot_samples, tau_encoder)
+
+
+def _setting(key: str, value: str) -> float | int:
+    from vlm_eval.attacks.threat import parse_eps
+
+    try:
+        if key in RADII:
+            return parse_eps(value)
+        return int(value) if key == "steps" else float(value)
+    except (TypeError, ValueError) as exc:
+        raise VlmEvalError(f"--defense-arg {key}={value}: not a number ({exc})") from None
+
+
+class DefendedClassifier:
+    """A classifier whose images pass through a defence first; `attack_logits` is what an attack sees."""
+
+    def __init__(self, classifier: Classifier, defense: Defense, choice: DefenseChoice):
+        self.classifier, self.defense, self.choice = classifier, defense, choice
+        self.image_size = classifier.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.classifier.device
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.classifier.preprocess(image)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.defense(pixels))
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier.embed(pixels)  # the undefended encoder's: what the counterattack moves
+
+    def attack_logits(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Adaptive: the defended logits under each of `eot_samples` draws; otherwise the undefended logits."""
+        if not self.choice.adaptive:
+            return [self.classifier(pixels)]
+        return [self.classifier(self.defense(pixels, draw=1 + k)) for k in range(self.choice.eot_samples)]
