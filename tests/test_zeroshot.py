@@ -102,6 +102,10 @@ def world(tmp_path_factory) -> Path:
     base = {"family": "openclip", "arch": "tiny-clip", "arch_config": ARCH, "tokenizer": "tokenizer.json"}
     write_card(root / "encoders" / "tiny-clip.yaml", {**base, "source": {"path": "../tiny_clip.safetensors", "format": "open_clip_full"}})
     write_card(root / "encoders" / "robust-visual.yaml", {**base, "source": {"path": "../visual_only.pt"}})
+    visual = tiny_clip(seed=5).visual  # a fine-tuned vision tower alone, paired with tiny-clip's text tower
+    torch.save(visual.state_dict(), root / "paired_visual.pt")
+    write_card(root / "encoders" / "robust-paired.yaml", {**base, "text_tower": "tiny-clip",
+                                                           "source": {"path": "../paired_visual.pt"}})
     write_card(root / "tasks" / "tiny-zeroshot.yaml", {
         "type": "zeroshot", "reader": "imagefolder", "prompt": "none", "data_root": "../data",
         "files": {"image_dir": "images", "class_index_json": "class_index.json"}, "templates": TEMPLATES,
@@ -206,7 +210,7 @@ def test_vision_only_checkpoint_explains_that_the_text_tower_is_needed(world, fm
     with pytest.raises(CheckpointError) as info:
         load_openclip_clip(card)
     message = str(info.value)
-    assert "visual_only.pt" in message and "text tower" in message and "future work" in message
+    assert "visual_only.pt" in message and "text tower" in message and "text_tower: openai" in message
 
 
 def test_strict_keys_list_what_does_not_fit(tmp_path):
@@ -368,6 +372,22 @@ def test_cli_vision_only_encoder_is_a_user_error_before_the_run_folder(home, tmp
     err = capsys.readouterr().err
     assert "text tower" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_vision_only_release_classifies_with_the_text_tower_its_card_names(home, tmp_path):
+    from vlm_eval.encoders.zeroshot import load_zeroshot_classifier
+
+    names, templates = ["a", "b"], ["{}"]
+    paired, _ = load_zeroshot_classifier(cards.load_card("encoders", "robust-paired"), names, templates)
+    text, _ = load_zeroshot_classifier(cards.load_card("encoders", "tiny-clip"), names, templates)
+    visual = torch.load(home / "paired_visual.pt", weights_only=True)
+    assert all(torch.equal(paired.visual.state_dict()[k], v) for k, v in visual.items())
+    assert not torch.equal(paired.visual.state_dict()["proj"], text.visual.state_dict()["proj"])
+    assert torch.equal(paired.class_weights, text.class_weights) and paired.logit_scale == text.logit_scale
+    out = tmp_path / "run"
+    assert main(["--encoder", "robust-paired", "--task", "tiny-zeroshot", "--output-dir", str(out)]) == 0
+    provenance = json.loads((out / "summary.json").read_text())["provenance"]["encoder"]
+    assert provenance["text_tower"] == "tiny-clip" and provenance["checkpoint"].endswith("paired_visual.pt")
 
 
 def test_cli_zeroshot_resolution_must_match_the_encoder(home, capsys):

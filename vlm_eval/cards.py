@@ -36,6 +36,7 @@ class EncoderCard:
     arch_config: dict[str, Any] | None = None  # open_clip model config for architectures open_clip lacks
     tokenizer: str | None = None  # text tokenizer: a `tokenizers` JSON file (relative to the card) or an open_clip name
     original: str | None = None  # the encoder card it was fine-tuned from (TTC measures tau with that one)
+    text_tower: str | None = None  # a vision-only release: the encoder card whose text tower it classifies with
     card_path: str | None = None
 
 

@@ -131,8 +131,8 @@ def extract_clip_state_dict(obj: Mapping[str, Any], fmt: str) -> dict[str, torch
     if layout != "open_clip_full" or TEXT_TOWER_KEY not in obj:
         raise CheckpointError(
             f"this checkpoint holds only a vision tower (layout {layout}, no {TEXT_TOWER_KEY!r}), but zero-shot "
-            "classification needs the text tower too. The robust FARE / TeCoA / Sim-CLIP releases hold only the "
-            "vision tower; pairing them with OpenAI CLIP's text tower is future work. Use a full open_clip "
+            "classification needs the text tower too. Name the encoder card whose text tower it pairs with in its "
+            "card (`text_tower: openai`, as the robust FARE / TeCoA / Sim-CLIP cards do), or use a full open_clip "
             "CLIP checkpoint (model.state_dict(), keys visual.*, token_embedding.*, logit_scale, ...)."
         )
     _check_tensors(obj)

@@ -319,9 +319,10 @@ class OpenClipFamily:
 
         classifier, loaded = load_zeroshot_classifier(card, class_names, templates, weights_dir, allow_download,
                                                       device, dtype)
-        tokenizer = self.tokenizer_file(card)
+        tokenizer = self.tokenizer_file(loaded.card)  # a vision-only release's: its text tower card's
         return classifier, {"name": card.name, "checkpoint": loaded.checkpoint, "sha256": loaded.sha256,
-                            "tokenizer": card.tokenizer, "tokenizer_sha256": tokenizer and file_sha256(tokenizer)}
+                            "text_tower": card.text_tower, "tokenizer": loaded.card.tokenizer,
+                            "tokenizer_sha256": tokenizer and file_sha256(tokenizer)}
 
     def load_reference(self, card: EncoderCard, weights_dir: Path | None, allow_download: bool,
                        device: str) -> tuple[ReferenceEncoder, dict[str, Json]]:

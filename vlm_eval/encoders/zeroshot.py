@@ -116,6 +116,24 @@ def class_weights(model: nn.Module, tokenize: Callable[[list[str]], torch.Tensor
     return F.normalize(embeddings.mean(dim=1), dim=-1)
 
 
+def load_clip_for_classes(card: EncoderCard, weights_dir: Path | None, allow_download: bool) -> LoadedClip:
+    """The whole CLIP a card classifies with: its own, or, for a vision-only release that names a
+    `text_tower` card, that card's CLIP with this card's vision tower in place of its own (the FARE,
+    TeCoA and Sim-CLIP releases fine-tune the vision tower of OpenAI's CLIP and keep its text tower).
+    The returned `card` is the one whose text tokenizer fits; checkpoint and sha256 are the vision tower's."""
+    if card.text_tower is None:
+        return load_openclip_clip(card, weights_dir, allow_download)
+    from vlm_eval import cards
+    from vlm_eval.encoders.openclip_family import load_openclip_encoder
+
+    text_card = cards.load_card("encoders", card.text_tower)
+    clip = load_openclip_clip(text_card, weights_dir, allow_download)
+    vision = load_openclip_encoder(card, weights_dir, allow_download)
+    clip.model.visual = vision.visual
+    return LoadedClip(model=clip.model, card=text_card, checkpoint=vision.checkpoint, sha256=vision.sha256,
+                      image_size=vision.image_size, context_length=clip.context_length)
+
+
 def load_zeroshot_classifier(card: EncoderCard, class_names: Sequence[str], templates: Sequence[str],
                              weights_dir: Path | None = None, allow_download: bool = False,
                              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -129,8 +147,8 @@ def load_zeroshot_classifier(card: EncoderCard, class_names: Sequence[str], temp
         The errors of `load_openclip_clip` and `load_text_tokenizer` (CardError, MissingResourceError,
         CheckpointError), and ValueError for empty class names or bad templates.
     """
-    tokenize = load_text_tokenizer(card)
-    loaded = load_openclip_clip(card, weights_dir, allow_download)
+    loaded = load_clip_for_classes(card, weights_dir, allow_download)
+    tokenize = load_text_tokenizer(loaded.card)
     model = loaded.model.to(device=device, dtype=dtype)
     weights = class_weights(model, tokenize, class_names, templates)
     return ZeroShotClassifier(model.visual, weights, model.logit_scale, loaded.image_size), loaded
