@@ -99,7 +99,8 @@ def _attack(name: str, eps: str, steps: int = 20):
     x, y = model.data(64, torch.Generator().manual_seed(1))
     folders = [str(c) for c in range(10)]
     logits = model(x)
-    texts = [[folders[label]] + ranked_others(row, label, 9, folders) for label, row in zip(y.tolist(), logits.tolist())]
+    texts = [[folders[label]] + ranked_others(row, label, 9, folders)
+             for label, row in zip(y.tolist(), logits.tolist())]
     clean = [folders[c] for c in logits.argmax(-1).tolist()]
     target = Recorder(model, x, [folders[c] for c in y.tolist()], folders, [f"s{i}" for i in range(len(x))])
     scores = target.score(list(range(len(x))), clean)

@@ -106,11 +106,34 @@ def _read_vqa(card: TaskCard, files: dict[str, Path]) -> list[Sample]:
 
 
 @READERS.register("imagefolder")
+@READERS.register("cifar")
+@READERS.register("webdataset")
+@READERS.register("folders")
 def _read_imagefolder(card: TaskCard, files: dict[str, Path]) -> list[Sample]:
     from vlm_eval.data import read_imagefolder
 
-    _require_files(card, "image_dir", "class_index_json")
+    files = as_class_folders(card, files)
     return read_imagefolder(files["image_dir"], files["class_index_json"])
+
+
+def as_class_folders(card: TaskCard, files: dict[str, Path]) -> dict[str, Path]:
+    """A zero-shot task's files as class folders and a class-index file, converting other forms once
+    (`vlm_eval.data.convert`): `cifar` needs `batches` (cifar-10-batches-py/ or cifar-100-python/);
+    `webdataset` needs `shards` and `classnames_txt`; `folders` needs `image_dir`."""
+    from vlm_eval.data import convert
+
+    if card.reader == "imagefolder":
+        _require_files(card, "image_dir", "class_index_json")
+        return files
+    if card.reader == "cifar":
+        _require_files(card, "batches")
+        return convert.converted("cifar", files["batches"], convert.write_cifar(files["batches"]))
+    if card.reader == "webdataset":
+        _require_files(card, "shards", "classnames_txt")
+        return convert.converted("webdataset", files["shards"],
+                                 convert.write_webdataset(files["shards"], files["classnames_txt"]))
+    _require_files(card, "image_dir")
+    return convert.converted("folders", files["image_dir"], convert.write_folders(files["image_dir"]))
 
 
 def _card_root(card: TaskCard) -> Path | None:

@@ -48,9 +48,9 @@ class ZeroShot:
         """Read the task's classes (`ImageClass`: index, folder, name) in label order."""
         from vlm_eval.data import read_class_index
 
-        if "class_index_json" not in files:
-            raise CardError(f"task card {self.card.card_path}: a zeroshot task needs `class_index_json` under `files`")
-        self.classes = read_class_index(files["class_index_json"])
+        from vlm_eval.tasks.data import as_class_folders
+
+        self.classes = read_class_index(as_class_folders(self.card, files)["class_index_json"])
 
     @property
     def class_names(self) -> list[str]:
