@@ -63,9 +63,9 @@ class TaskCard:
     """An evaluation task: its data files, reader, prompt and metric."""
 
     name: str
-    type: str  # "captioning" | "vqa" | "zeroshot"
-    reader: str  # "karpathy" | "vqa" | "imagefolder"
-    files: dict[str, str]  # reader inputs, relative to the data root (or absolute)
+    type: str  # "captioning" | "vqa" | "zeroshot", or "suite" (its `members` run one by one, then averaged)
+    reader: str = ""  # "karpathy" | "vqa" | "imagefolder" | "cifar" | "webdataset" | "folders" (not for suites)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # reader inputs, relative to the data root
     prompt: str = ""  # prompt name understood by the VLM adapter, e.g. "caption", "vqa" (not used by zeroshot)
     description: str = ""
     split: str = "test"
@@ -80,6 +80,7 @@ class TaskCard:
     stop_below: float | None = None
     answer_comma_cut: bool = True  # --postprocess openflamingo cuts answers at ", " (its OK-VQA clean-up does not)
     aliases: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()  # a suite's task cards
     card_path: str | None = None
 
 
@@ -118,7 +119,7 @@ def parse_card(kind: str, path: Path) -> Any:
     unknown = sorted(set(raw) - (known - {"card_path"}))
     if unknown:
         raise CardError(f"card {path}: unknown field(s) {unknown}; allowed: {sorted(known - {'card_path'})}")
-    for key in ("aliases", "templates"):
+    for key in ("aliases", "templates", "members"):
         if key in raw:
             if not isinstance(raw[key], list):
                 raise CardError(f"card {path}: field {key!r} must be a list, got {raw[key]!r}")
@@ -129,7 +130,16 @@ def parse_card(kind: str, path: Path) -> Any:
     except TypeError as exc:
         raise CardError(f"card {path}: {exc}") from exc
     _check_types(card, path)
+    if kind == "tasks":
+        _check_task(card, path)
     return card
+
+
+def _check_task(card: TaskCard, path: Path) -> None:
+    suite = card.type == "suite"
+    if suite != bool(card.members) or (not suite and not card.reader):
+        raise CardError(f"card {path}: a task card names a `reader` and its `files`; a suite (type: suite) "
+                        "names its `members` instead")
 
 
 def _check_types(card: Any, path: Path) -> None:

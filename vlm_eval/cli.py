@@ -170,8 +170,14 @@ def eval_command(argv: list[str]) -> int:
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
 
+    from vlm_eval import cards
     from vlm_eval.run import run
+    from vlm_eval.run.suite import run_suite, suite_table
 
+    task_card = cards.load_card("tasks", config.task)
+    if task_card.type == "suite":
+        print(suite_table(run_suite(config, task_card)))
+        return 0
     run_dir = run(config)
     print(summary_table(run_dir))
     return 0

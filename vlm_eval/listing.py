@@ -25,6 +25,9 @@ def encoder_status(card: EncoderCard, weights_dir: Path | None) -> tuple[bool, s
 def task_status(card: TaskCard, data_root: Path | None) -> tuple[bool, str]:
     from vlm_eval.tasks.data import missing_files
 
+    if card.members:
+        ready = [name for name in card.members if task_status(cards.load_card("tasks", name), data_root)[0]]
+        return len(ready) == len(card.members), f"suite: data for {len(ready)} of {len(card.members)} tasks"
     if card.generator is not None and data_root is None:
         return True, f"generated on first use ({card.generator})"
     missing = missing_files(card, data_root)
