@@ -94,3 +94,48 @@ def test_an_adaptive_attack_through_ttc_is_at_least_as_strong_as_the_non_adaptiv
     assert adaptive["metrics"]["accuracy_robust"] < plain["metrics"]["accuracy_robust"]
     assert plain["provenance"]["defense"]["adaptive"] is False
     assert adaptive["provenance"]["defense"] | {"eot_samples": 1, "adaptive": True} == adaptive["provenance"]["defense"]
+
+
+class RecordingVLM:
+    """Says nothing useful; notes the pixels it is given and its loss is their mean."""
+
+    image_size = 2
+
+    def __init__(self):
+        self.seen = []
+
+    def generate(self, batch, max_new_tokens):
+        self.seen.append(batch.pixels)
+        return ["x"] * len(batch.ids)
+
+    def loss_closure(self, batch, targets):
+        return lambda pixels, rows=None: pixels.flatten(1).mean(1)
+
+    def embed(self, pixels):
+        return linear(pixels)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_inside_a_vlm_the_defence_sees_every_image_and_adaptive_losses_go_through_it(adaptive):
+    from vlm_eval.contracts import Batch
+    from vlm_eval.defenses import DefendedVLM
+
+    vlm, choice = RecordingVLM(), choose_defense("ttc", {}, adaptive, 3)
+    ttc = TestTimeCounterattack(linear, choice.settings)
+    defended = DefendedVLM(vlm, ttc, choice)
+    x = torch.rand(2, 1, 2, 2) * 0.5 + 0.25
+    defended.generate(Batch(["a", "b"], x, ["p", "p"]), 5)
+    assert torch.equal(vlm.seen[0], ttc(x))
+    loss = defended.loss_closure(Batch(["a", "b"], x, ["p", "p"]), ["t", "t"])(x)
+    expected = sum(ttc(x, draw=k).flatten(1).mean(1) for k in (1, 2, 3)) / 3 if adaptive else x.flatten(1).mean(1)
+    assert torch.allclose(loss, expected)
+
+
+def test_ttc_inside_the_mini_llava_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--vlm", "mini-llava", "--encoder", "mini-clip", "--task", "mini-coco", "--n-samples", "4",
+                 "--data-root", str(SAMPLE), "--device", "cpu", "--attack", "apgd", "--steps", "3", "--defense", "ttc",
+                 "--adaptive", "--output-dir", str(out)]) == 0
+    assert "defense     ttc   attacks adaptive, EOT over 1" in capsys.readouterr().out
+    defense = json.loads((out / "summary.json").read_text())["provenance"]["defense"]
+    assert defense["adaptive"] and defense["steps"] == 2 and defense["eps"] == pytest.approx(4 / 255)

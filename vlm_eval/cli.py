@@ -196,6 +196,10 @@ def summary_table(run_dir: Path) -> str:
         + (f"   seed {config['resolved']['seed']}" if "seed" in config["resolved"] else ""),
         f"model       {_model_line(config['resolved'])}   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
     ]
+    defense = prov.get("defense")
+    if defense:
+        how = f"adaptive, EOT over {defense['eot_samples']}" if defense["adaptive"] else "non-adaptive"
+        lines.append(f"defense     {defense['name']}   attacks {how}   tau from {defense['tau_encoder']}")
     width = max(13, *(len(name) + 1 for name in [*summary["metrics"], *summary.get("semantic", {})]))
     lines += [f"{name:<{width}} {_metric(value)}" for name, value in summary["metrics"].items()]
     for name, stats in summary.get("semantic", {}).items():  # docs/semantic.md

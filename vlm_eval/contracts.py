@@ -131,6 +131,8 @@ class VLM(Protocol):
 
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (B, D), for the semantic checks
 
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor: ...  # the same, differentiable, on the device (TTC)
+
     def describe(self) -> dict[str, Json]: ...
 
 

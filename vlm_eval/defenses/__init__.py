@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from vlm_eval.contracts import Classifier, Defense, Json
+from vlm_eval.contracts import VLM, Batch, Classifier, Defense, Json, LossFn
 from vlm_eval.defenses.ttc import TtcSettings
 from vlm_eval.errors import VlmEvalError
 
@@ -94,3 +94,50 @@ class DefendedClassifier:
         if not self.choice.adaptive:
             return [self.classifier(pixels)]
         return [self.classifier(self.defense(pixels, draw=1 + k)) for k in range(self.choice.eot_samples)]
+
+
+class DefendedVLM:
+    """A VLM whose images pass through a defence first, wherever they enter it (generation and attack
+    losses); the semantic checks' embeddings stay those of the undefended encoder."""
+
+    def __init__(self, vlm: VLM, defense: Defense, choice: DefenseChoice):
+        self.vlm, self.defense, self.choice = vlm, defense, choice
+        self.image_size = vlm.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.vlm.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vlm.dtype
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.vlm.preprocess(image)
+
+    def prompt(self, kind: str, question: str | None = None) -> str:
+        return self.vlm.prompt(kind, question)
+
+    def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
+        return self.vlm.generate(Batch(batch.ids, self.defense(batch.pixels), batch.prompts), max_new_tokens)
+
+    def loss_closure(self, batch: Batch, targets: list[str]) -> LossFn:
+        """Adaptive: the loss through the defence, averaged over `eot_samples` draws; otherwise the undefended."""
+        loss = self.vlm.loss_closure(batch, targets)
+        if not self.choice.adaptive:
+            return loss
+
+        def through_defense(pixels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            draws = [loss(self.defense(pixels, draw=1 + k), rows) for k in range(self.choice.eot_samples)]
+            return sum(draws) / len(draws)
+
+        return through_defense
+
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vlm.image_embeddings(pixels)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vlm.embed(pixels)
+
+    def describe(self) -> dict[str, Json]:
+        return self.vlm.describe()

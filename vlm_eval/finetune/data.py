@@ -84,11 +84,32 @@ def _miniworld(spec: dict[str, Json]) -> TrainData:
     from vlm_eval.tasks.data import generated_root
 
     root = Path(spec["root"]) if spec.get("root") else ensure_train_data(generated_root("miniworld"))
+    if spec.get("labels") == "main-object":
+        return _main_object_labels(root)
     if spec.get("labels"):
         return _imagefolder({"kind": "imagefolder", "image_dir": root / "zeroshot" / "train",
                              "class_index_json": root / "zeroshot" / "class_index.json"})
     return _karpathy({"kind": "karpathy", "karpathy_json": root / "dataset_miniworld.json", "image_dir": root / "images",
                       "split": "train"})
+
+
+def _main_object_labels(root: Path) -> TrainData:
+    """The captioning training scenes, each labelled by its largest object's class (ties: the first drawn):
+    one label per image of a busier scene, as ImageNet's."""
+    from vlm_eval.miniworld.export import image_path
+    from vlm_eval.miniworld.language import class_name
+    from vlm_eval.miniworld.scenes import sample_scene, zeroshot_classes
+
+    classes = zeroshot_classes()
+    n = len(list((root / "images" / "train").glob("*.png")))  # the world's own size (a test world is smaller)
+    labels = [classes.index(_main_object(sample_scene("train", i))) for i in range(n)]
+    return TrainData([image_path(root, "train", i) for i in range(n)], [()] * n, labels,
+                     [class_name(color, shape) for color, shape in classes])
+
+
+def _main_object(scene) -> tuple[str, str]:
+    largest = max(scene.objects, key=lambda obj: obj.radius)
+    return largest.color, largest.shape
 
 
 def _coco(spec: dict[str, Json]) -> TrainData:

@@ -43,6 +43,9 @@ def load_vlm(plan: Plan) -> Loaded:
         encoder = encoder_family(card).load_vision(card, optional_path(config.weights_dir), config.allow_download)
     vlm = vlm_family(plan.vlm_card).load(plan.vlm_card, encoder, torch_dtype(plan.precision), plan.device,
                                          config.allow_download)
+    defense = None
+    if plan.defense is not None:
+        vlm, defense = defended(plan, vlm)
     return Loaded(vlm, {
         **shared_provenance(plan.vlm_card, card, plan.task_card),
         "encoder": None if encoder is None else {"name": card.name, "checkpoint": encoder.checkpoint,
@@ -52,6 +55,7 @@ def load_vlm(plan: Plan) -> Loaded:
         "resolution": vlm.image_size,
         "precision": plan.precision,
         "device": plan.device,
+        "defense": defense,
     })
 
 
@@ -78,21 +82,22 @@ def load_classifier(plan: Plan) -> Loaded:
     })
 
 
-def defended(plan: Plan, classifier: Classifier) -> tuple[Classifier, dict[str, Json]]:
-    """The classifier behind the plan's defence (TTC's tau measured by the original encoder if the plan
+def defended(plan: Plan, model: VLM | Classifier) -> tuple[VLM | Classifier, dict[str, Json]]:
+    """The model behind the plan's defence (TTC's tau measured by the original encoder if the plan
     names one), and the defence's provenance."""
     from vlm_eval.data.images import clip_normalize
-    from vlm_eval.defenses import DefendedClassifier
+    from vlm_eval.defenses import DefendedClassifier, DefendedVLM
     from vlm_eval.defenses.ttc import TestTimeCounterattack
 
-    tau_embed, tau_from = None, plan.encoder_card.name
+    tau_embed, tau_from = None, plan.encoder_card.name if plan.encoder_card else "the VLM's own tower"
     if plan.tau_card is not None:
         tower = encoder_family(plan.tau_card).load_vision(plan.tau_card, optional_path(plan.config.weights_dir),
                                                           plan.config.allow_download)
         visual = tower.visual.to(plan.device).eval().requires_grad_(False)
         tau_embed, tau_from = (lambda pixels: visual(clip_normalize(pixels.float()))), plan.tau_card.name
-    defense = TestTimeCounterattack(classifier.embed, plan.defense.settings, tau_embed)
-    return DefendedClassifier(classifier, defense, plan.defense), {**plan.defense.describe(), "tau_encoder": tau_from}
+    defense = TestTimeCounterattack(model.embed, plan.defense.settings, tau_embed)
+    wrapper = DefendedClassifier if plan.classifier else DefendedVLM
+    return wrapper(model, defense, plan.defense), {**plan.defense.describe(), "tau_encoder": tau_from}
 
 
 LOADERS: dict[str, Callable[[Plan], Loaded]] = {"vlm": load_vlm, "classifier": load_classifier}

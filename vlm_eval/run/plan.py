@@ -92,10 +92,8 @@ def resolve_defense(config: EvalConfig, encoder_card: EncoderCard | None,
     defense = choose_defense(config.defense, config.defense_args, config.adaptive, config.eot_samples)
     if defense is None:
         return None, None
-    if not classifier:
-        raise VlmEvalError("--defense works on zero-shot tasks for now; inside VLMs it is still to come")
-    tau_name = defense.tau_encoder or encoder_card.original
-    if tau_name is None or tau_name == encoder_card.name:
+    tau_name = defense.tau_encoder or (encoder_card.original if encoder_card else None)
+    if tau_name is None or (encoder_card is not None and tau_name == encoder_card.name):
         return defense, None
     return defense, card_from_spec(tau_name, config.encoder_arch) or cards.load_card("encoders", tau_name)
 

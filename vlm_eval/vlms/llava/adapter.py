@@ -67,9 +67,13 @@ class LlavaAdapter:
 
     @torch.no_grad()
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, D) float32: the vision tower's pooled embedding of each image (its class token after the
-        final layer norm), the evaluated encoder's own view of the image."""
-        return self.model.model.vision_tower(self.normalize(pixels)).pooler_output.float().cpu()
+        """(B, D) float32 on the CPU: the vision tower's pooled embedding of each image (its class token
+        after the final layer norm), the evaluated encoder's own view of the image."""
+        return self.embed(pixels).cpu()
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`image_embeddings`, differentiable in the pixels and on the model's device."""
+        return self.model.model.vision_tower(self.normalize(pixels)).pooler_output.float()
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of a prompt as LLaVA builds them, its single `<image>` expanded to one id per image token."""
