@@ -78,14 +78,14 @@ def resolve(config: EvalConfig) -> Plan:
         precision = "fp32"
     checked = (attack is not None or replay is not None) and not classifier  # semantic checks: of VLM outputs
     reference_card, sentence_model = resolve_semantic(config, vlm_card) if checked else (None, None)
-    defense, tau_card = resolve_defense(config, encoder_card, classifier)
+    defense, tau_card = resolve_defense(config, encoder_card)
     return Plan(config, vlm_card, encoder_card, task_card, task, device, precision,
                 run_dir_for(config, swapped, classifier), *subset_choice(config, attack), attack, replay,
                 reference_card, sentence_model, defense, tau_card)
 
 
-def resolve_defense(config: EvalConfig, encoder_card: EncoderCard | None,
-                    classifier: bool) -> tuple[DefenseChoice | None, EncoderCard | None]:
+def resolve_defense(config: EvalConfig,
+                    encoder_card: EncoderCard | None) -> tuple[DefenseChoice | None, EncoderCard | None]:
     """(the defence asked for, the card of the encoder measuring TTC's tau if not the evaluated one)."""
     from vlm_eval.defenses import choose_defense
 
@@ -276,11 +276,13 @@ def model_checks(plan: Plan) -> list[Callable[[], object]]:
     config = plan.config
     weights_dir = optional_path(config.weights_dir)
     checks: list[Callable[[], object]] = []
-    for card in (plan.encoder_card, plan.reference_card):
+    text_tower = plan.encoder_card and plan.classifier and plan.encoder_card.text_tower
+    text_card = cards.load_card("encoders", text_tower) if text_tower else None  # a vision-only release's
+    for card in (plan.encoder_card, plan.reference_card, plan.tau_card, text_card):
         if card is not None:
             checks.append(lambda card=card: encoder_family(card).resolve_checkpoint(card, weights_dir,
                                                                                     config.allow_download))
-    for card in ((plan.encoder_card,) if plan.classifier else ()) + (plan.reference_card,):
+    for card in ((text_card or plan.encoder_card,) if plan.classifier else ()) + (plan.reference_card,):
         if card is not None:
             checks.append(lambda card=card: encoder_family(card).tokenizer_file(card))
     if plan.vlm_card is not None:
