@@ -255,7 +255,10 @@ def test_recipes_load_with_overrides_and_bad_ones_say_why(tmp_path):
     with pytest.raises(CardError, match="no recipe 'nope'"):
         load_recipe("nope")
     for name in sorted(p.stem for p in cards.card_dir("recipes").glob("*.yaml")):
-        assert load_recipe(name).method in OBJECTIVES
+        recipe = load_recipe(name)
+        assert recipe.method in OBJECTIVES
+        saved = recipe.describe()  # as recipe.json keeps it for --resume
+        assert recipe_from_dict({k: v for k, v in saved.items() if k != "source"}, saved["source"]) == recipe
 
 
 def test_train_data_readers_name_the_bad_file(tmp_path):

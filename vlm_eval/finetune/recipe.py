@@ -101,7 +101,7 @@ def recipe_from_dict(raw: dict[str, Json], source: str) -> Recipe:
     if "templates" in values:
         values["templates"] = tuple(values["templates"])
     for key in FLOATS:
-        if key in values:
+        if values.get(key) is not None:  # logit_scale may be None: the encoder's own
             values[key] = _number(values[key], key, source)
     if "momentum" in inner:
         inner = {**inner, "momentum": _number(inner["momentum"], "inner.momentum", source)}
