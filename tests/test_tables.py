@@ -18,12 +18,13 @@ EPS = {"2/255": 2 / 255, "4/255": 4 / 255}
 
 
 def write_run(folder: Path, *, task: str = "coco", vlm: str | None = "llava", encoder: str | None = "enc_a",
-              attack: dict | None = None, metrics: dict, random_weights: bool = False) -> Path:
+              attack: dict | None = None, metrics: dict, random_weights: bool = False,
+              defense: dict | None = None) -> Path:
     """A finished run folder as the runner writes it (only the fields the tables read are filled)."""
     folder.mkdir(parents=True)
     resolved = {"vlm_card": vlm, "encoder_card": encoder, "task_card": task, "attack": attack}
     summary = {"schema_version": 1, "config": {"resolved": resolved}, "n_samples": 8, "n_skipped": 0,
-               "provenance": {"random_weights": random_weights}, "metrics": metrics}
+               "provenance": {"random_weights": random_weights, "defense": defense}, "metrics": metrics}
     (folder / "config.json").write_text(json.dumps(resolved))
     (folder / "summary.json").write_text(json.dumps(summary))
     (folder / "samples.jsonl").write_text("")
@@ -127,6 +128,19 @@ def test_zero_shot_runs_are_a_table_keyed_by_encoder(runs_root):
     zero_shot = build_tables(collect([runs_root]))[3]
     assert zero_shot.title == "imagenet (zero-shot): accuracy" and zero_shot.row_names == ("encoder",)
     assert zero_shot.rows == {("enc_a",): [71.45, 30.04]}
+
+
+def test_defended_runs_get_rows_that_say_how_the_attack_treated_the_defence(tmp_path):
+    ttc = {"name": "ttc", "adaptive": False, "eot_samples": 1}
+    metrics = {"accuracy": 60.0, "accuracy_robust": 20.0}
+    write_run(tmp_path / "plain", task="cifar10", vlm=None, attack=attack("autoattack", "2/255"), metrics=metrics)
+    write_run(tmp_path / "ttc", task="cifar10", vlm=None, attack=attack("autoattack", "2/255"), defense=ttc,
+              metrics={"accuracy": 50.0, "accuracy_robust": 40.0})
+    write_run(tmp_path / "adaptive", task="cifar10", vlm=None, attack=attack("autoattack", "2/255"),
+              defense={**ttc, "adaptive": True, "eot_samples": 4}, metrics={"accuracy": 50.0, "accuracy_robust": 5.0})
+    (table,) = build_tables(collect([tmp_path]))
+    assert table.rows == {("enc_a",): [60.0, 20.0], ("enc_a + ttc (non-adaptive)",): [50.0, 40.0],
+                          ("enc_a + ttc (adaptive, EOT 4)",): [50.0, 5.0]}
 
 
 def table_numbers(text: str, row_line: str) -> list[str]:

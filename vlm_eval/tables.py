@@ -119,8 +119,9 @@ def read_run(run_dir: Path) -> Run | None:
     try:
         resolved, metrics = summary["config"]["resolved"], summary["metrics"]
         metric = next(name for name in METRIC_NAMES if name in metrics)
+        encoder = (resolved["encoder_card"] or "native") + defense_label(summary.get("provenance", {}).get("defense"))
         run = Run(path=Path(run_dir), task=resolved["task_card"], vlm=resolved["vlm_card"],
-                  encoder=resolved["encoder_card"] or "native", metric=metric, metrics=metrics,
+                  encoder=encoder, metric=metric, metrics=metrics,
                   attack=resolved.get("attack"), n_samples=summary.get("n_samples"),
                   random_weights=bool(summary.get("provenance", {}).get("random_weights")))
         if run.attack is not None:
@@ -131,6 +132,14 @@ def read_run(run_dir: Path) -> Run | None:
                            "tables cover captioning, VQA and zero-shot runs") from None
     except (KeyError, TypeError) as exc:
         raise VlmEvalError(f"{run_dir}/summary.json lacks {exc}: not written by this version of vlm_eval") from None
+
+
+def defense_label(defense: dict[str, Any] | None) -> str:
+    """" + ttc (adaptive, EOT 4)" or " + ttc (non-adaptive)": defended runs get rows of their own."""
+    if not defense:
+        return ""
+    how = f"adaptive, EOT {defense['eot_samples']}" if defense["adaptive"] else "non-adaptive"
+    return f" + {defense['name']} ({how})"
 
 
 def collect(paths: Iterable[Path]) -> list[Run]:
