@@ -17,7 +17,7 @@ LAYERS = [
     {"data", "metrics"},
     {"results"},
     {"attacks", "encoders"},
-    {"vlms", "semantic", "tasks"},
+    {"vlms", "semantic", "tasks", "defenses"},
     {"run", "listing", "miniworld"},
     {"report", "tables", "finetune"},
     {"plots", "cli"},

@@ -30,10 +30,10 @@ IMAGE_MEMBER = re.compile(r"^(?P<key>.+)\.(?P<ext>png|jpg|jpeg|webp)$", re.IGNOR
 
 def converted(reader: str, source: Path, write: Callable[[Path], list[str]]) -> dict[str, Path]:
     """The class-folder files of `source` as converted by `write(folder) -> class names`, written once."""
-    from vlm_eval.tasks.data import generated_root
+    from vlm_eval.data.cache import cache_root
 
     digest = hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:12]
-    folder = generated_root("converted") / f"{reader}-{digest}"
+    folder = cache_root() / "converted" / f"{reader}-{digest}"
     files = {"image_dir": folder / "images", "class_index_json": folder / "class_index.json"}
     if (folder / STAMP).is_file():
         return files

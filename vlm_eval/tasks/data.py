@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +21,9 @@ DEFAULT_DATA_ROOT = Path("data")
 
 def generated_root(generator: str) -> Path:
     """Where a generated world lives unless --data-root says otherwise: $VLM_EVAL_CACHE or ~/.cache/vlm_eval."""
-    cache = os.environ.get("VLM_EVAL_CACHE") or Path.home() / ".cache" / "vlm_eval"
-    return Path(cache) / generator
+    from vlm_eval.data.cache import cache_root
+
+    return cache_root() / generator
 
 
 def prepare_generated_data(card: TaskCard, data_root: Path | None, overrides: dict[str, str] | None = None) -> None:
