@@ -115,14 +115,17 @@ def _classifier_attacks() -> dict[str, tuple[Run, ...]]:
     """`--attack` on a zero-shot task: each a schedule of runs on the logits. apgd-t is AutoAttack's
     APGD-T: targeted DLR towards the 2nd, ..., 10th largest clean logits (run index k: the k-th class
     after the true one); autoattack is APGD-CE then APGD-T, the version the TeCoA, FARE and TTC
-    evaluations run (AutoAttack's FAB-T and Square left out, as they do)."""
+    evaluations run (AutoAttack's FAB-T and Square left out, as they do). text and bimodal are MMCoA's:
+    the class prompts attacked first (`PROMPT_ATTACKS`), then, bimodal, APGD-CE on the image against them."""
     apgd_t = tuple(Run("apgd", "model", index=k, loss="dlr-targeted") for k in range(1, 10))
-    return {"apgd-ce": (Run("apgd", "model", loss="ce"),), "apgd-t": apgd_t,
-            "pgd": (Run("pgd", "model", loss="ce"),), "cw": (Run("pgd", "model", loss="cw"),),
-            "autoattack": (Run("apgd", "model", loss="ce"), *apgd_t)}
+    apgd_ce = (Run("apgd", "model", loss="ce"),)
+    return {"apgd-ce": apgd_ce, "apgd-t": apgd_t, "pgd": (Run("pgd", "model", loss="ce"),),
+            "cw": (Run("pgd", "model", loss="cw"),), "autoattack": (*apgd_ce, *apgd_t), "text": (),
+            "bimodal": apgd_ce}
 
 
 CLASSIFIER_ATTACKS = _classifier_attacks()
+PROMPT_ATTACKS = ("text", "bimodal")
 # AutoAttack's APGD: a first step of 2 eps from a uniform random start; PGD: Madry et al.'s random start.
 CLASSIFIER_OPTIONS = {"apgd": {"initial_step": 2.0, "random_start": True}, "pgd": {"random_start": True}}
 STILL_CORRECT = 100.0  # a classifier's per-sample score is 100 (right) or 0: runs attack the samples still right
@@ -144,6 +147,7 @@ class AttackPlan:
     stop_below: float = -math.inf
     target: str | None = None  # a single targeted attack's string
     check_every: int = 0  # targeted: every N steps, samples whose best image makes the model say the target stop
+    on_prompts: bool = False  # a classifier's class prompts are attacked first (MMCoA's text attack)
 
     @classmethod
     def single(cls, name: str, eps: str, norm: str, steps: int, target: str | None = None,
@@ -178,7 +182,7 @@ class AttackPlan:
         runs = CLASSIFIER_ATTACKS[name]
         options = {run.attack: dict(CLASSIFIER_OPTIONS[run.attack]) for run in runs}
         return cls(name, Schedule(runs, STILL_CORRECT, name), ThreatModel.parse(eps, norm), steps, options,
-                   STILL_CORRECT)
+                   STILL_CORRECT, on_prompts=name in PROMPT_ATTACKS)
 
     @classmethod
     def ensemble_of(cls, schedule: Schedule, threat: ThreatModel, steps: int, stop_below: float) -> AttackPlan:
@@ -191,7 +195,7 @@ class AttackPlan:
     @property
     def on_logits(self) -> bool:
         """A classifier's attack (its runs name logit losses)."""
-        return self.schedule.runs[0].loss is not None
+        return self.name in CLASSIFIER_ATTACKS
 
     @property
     def targeted(self) -> bool:
@@ -207,7 +211,7 @@ class AttackPlan:
         threat = self.threat.describe()
         if self.on_logits:
             return {"name": self.name, **threat, "steps": self.steps, "runs": [r.label for r in self.schedule.runs],
-                    "options": self.options}
+                    "options": self.options, "prompts": "hotflip" if self.on_prompts else None}
         if self.ensemble:
             return {"name": self.name, **threat, "steps": self.steps, "schedule": self.schedule.describe(),
                     "stop_below": self.stop_below, "clean_precision": self.clean_precision, "options": self.options}

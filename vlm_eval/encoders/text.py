@@ -112,6 +112,9 @@ class JsonTokenizer:
     def max_id(self) -> int:
         return max(self._tokenizer.get_vocab(with_added_tokens=True).values())
 
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode([i for i in ids if i != PAD_ID], skip_special_tokens=True)
+
     def _end_id(self) -> int:
         """The end token: the last id the post-processor appends (to the empty text, only start and end)."""
         ids = self._tokenizer.encode("").ids

@@ -61,6 +61,7 @@ class ZeroShotClassifier(nn.Module):
         self.register_buffer("logit_scale", torch.as_tensor(logit_scale).detach().float().clone().reshape(()).to(device))
         size = image_size or getattr(self.visual, "image_size", None)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.prompts: ClassPrompts | None = None  # the text side, for attacks on the class prompts
         self.requires_grad_(False)
         self.eval()
 
@@ -89,6 +90,14 @@ class ZeroShotClassifier(nn.Module):
 
     def attack_logits(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         return [self(pixels)]
+
+    def logits_with(self, pixels: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Logits where each sample's own class `labels[i]` has the weight `weights[i]` (attacked prompts)."""
+        features = F.normalize(self.embed(pixels), dim=-1)
+        scale = self.logit_scale.float().exp()
+        logits = scale * features @ self.class_weights.float().T
+        own = scale * (features * weights.float()).sum(-1, keepdim=True)
+        return logits.scatter(1, labels[:, None], own)
 
 
 @torch.no_grad()
@@ -151,4 +160,43 @@ def load_zeroshot_classifier(card: EncoderCard, class_names: Sequence[str], temp
     tokenize = load_text_tokenizer(loaded.card)
     model = loaded.model.to(device=device, dtype=dtype)
     weights = class_weights(model, tokenize, class_names, templates)
-    return ZeroShotClassifier(model.visual, weights, model.logit_scale, loaded.image_size), loaded
+    classifier = ZeroShotClassifier(model.visual, weights, model.logit_scale, loaded.image_size)
+    classifier.prompts = ClassPrompts(model, tokenize, list(class_names), list(templates))
+    return classifier, loaded
+
+
+class ClassPrompts:
+    """The text side of a zero-shot classifier, kept for attacks on its class prompts: every template filled
+    with a class's name, and the class weight a (perturbed) set of such prompts gives."""
+
+    def __init__(self, model: nn.Module, tokenize: Callable[[list[str]], torch.Tensor], class_names: list[str],
+                 templates: list[str]):
+        self.model, self.tokenize, self.class_names, self.templates = model, tokenize, class_names, templates
+
+    @property
+    def token_embedding(self) -> torch.Tensor:
+        return self.model.token_embedding.weight
+
+    def tokens(self, labels: list[int]) -> torch.Tensor:
+        """(len(labels) x n_templates, L): each label's class prompts, template after template."""
+        texts = [t.format(self.class_names[y]) for y in labels for t in self.templates]
+        return self.tokenize(texts).to(self.token_embedding.device)
+
+    def weights(self, tokens: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, D) unit class weights of n classes' prompt tokens (n x n_templates rows), as `class_weights`
+        builds them; `embedded` replaces the token embeddings (a text attack's gradient flows through it)."""
+        hook = None
+        if embedded is not None:
+            hook = self.model.token_embedding.register_forward_hook(lambda m, a, out: embedded.to(out.dtype))
+        try:
+            features = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        finally:
+            if hook is not None:
+                hook.remove()
+        per_class = features.view(-1, len(self.templates), features.shape[-1]).mean(1)
+        return F.normalize(per_class, dim=-1)
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        decode = getattr(self.tokenize, "decode", None)
+        rows = tokens.tolist()
+        return [decode(row) if decode else " ".join(map(str, row)) for row in rows]

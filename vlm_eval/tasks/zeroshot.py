@@ -21,6 +21,7 @@ from vlm_eval.encoders.zeroshot import template_problem
 from vlm_eval.errors import CardError
 
 if TYPE_CHECKING:
+    from vlm_eval.attacks.executor import Worst
     from vlm_eval.attacks.schedule import Run
 
 TOP_K = 5  # predictions listed per sample
@@ -80,9 +81,17 @@ class ZeroShot:
                  for r, row in zip(records, logits.float().tolist())]
         clean = [folders[r["prediction_index"]] for r in records]
         worst = Worst.start(pixels, clean, [r["score"] for r in records], texts)
+        prompts = None
+        if plan.on_prompts:  # MMCoA's text attack first: each sample's own class prompts
+            from vlm_eval.tasks.prompt_attack import attack_prompts
+
+            weights, prompts = attack_prompts(classifier, pixels, torch.tensor([r["label_index"] for r in records]))
+        target = ClassifierTarget(classifier, pixels, [t[0] for t in texts], folders, ids,
+                                  weights if prompts else None)
+        if prompts:
+            keep_worse(worst, target, pixels, "prompts hotflip")
         checkpoint = BatchSnapshot(step.run_dir, ids, plan.describe(), plan.steps, len(plan.schedule.runs),
                                    step.resuming)
-        target = ClassifierTarget(classifier, pixels, [t[0] for t in texts], folders, ids)
         worst = execute(plan, pixels, classifier.device, texts, worst, target, checkpoint)
         save_adversarial(step.run_dir, ids, worst.pixels)
         names = {c.folder: c.name for c in self.classes}
@@ -90,6 +99,8 @@ class ZeroShot:
             record["adversarial"] = {"prediction": names[worst.output[i]], "score": worst.score[i],
                                      "attack": worst.by[i], "runs": worst.runs[i], "loss": worst.loss[i],
                                      "steps": worst.steps[i], "perturbation": size}
+            if prompts:
+                record["adversarial"]["prompts"] = prompts[i]
 
     def records(self, samples: Sequence[Sample], logits: torch.Tensor, classes: Sequence[ImageClass]) -> list[Record]:
         """One result record per sample from its row of logits (score 100 if right, else 0)."""
@@ -124,6 +135,15 @@ class ZeroShot:
         return {"templates": list(self.templates)}
 
 
+def keep_worse(worst: Worst, target: ClassifierTarget, pixels: torch.Tensor, by: str) -> None:
+    """Where the target (attacked prompts) does worse on the clean images than the clean pass, keep that."""
+    rows = list(range(len(pixels)))
+    outputs = target.generate(rows, pixels)
+    for i, (output, score) in enumerate(zip(outputs, target.score(rows, outputs))):
+        if score < worst.score[i]:
+            worst.output[i], worst.score[i], worst.by[i] = output, score, by
+
+
 def ranked_others(logits: list[float], label: int, k: int, names: list[str]) -> list[str]:
     """The k classes other than `label` with the largest logits, largest first (APGD-T's targets)."""
     order = sorted(range(len(logits)), key=lambda c: -logits[c])
@@ -135,10 +155,18 @@ class ClassifierTarget:
     outputs the predicted class's folder, scores 100 (right) or 0."""
 
     def __init__(self, classifier: Classifier, pixels: torch.Tensor, labels: list[str], folders: list[str],
-                 ids: list[str]):
+                 ids: list[str], own_weights: torch.Tensor | None = None):
         self.classifier, self.labels, self.ids = classifier, labels, ids
         self.index = {folder: i for i, folder in enumerate(folders)}
         self.folders = folders
+        self.own_weights = own_weights  # per sample, its class's weight from attacked prompts (MMCoA)
+
+    def logits(self, rows: list[int], pixels: torch.Tensor, attack: bool = False) -> list[torch.Tensor]:
+        """The logits of `rows` (several under EOT when `attack`), with attacked prompts where there are."""
+        if self.own_weights is not None:
+            labels = torch.tensor([self.index[self.labels[i]] for i in rows], device=self.classifier.device)
+            return [self.classifier.logits_with(pixels, labels, self.own_weights[rows])]
+        return self.classifier.attack_logits(pixels) if attack else [self.classifier(pixels)]
 
     def loss_for(self, rows: list[int], texts: list[str], run: Run) -> LossFn:
         from vlm_eval.attacks.logit_losses import LOGIT_LOSSES, MIN_CLASSES
@@ -151,15 +179,15 @@ class ClassifierTarget:
         targets = torch.tensor([self.index[t] for t in texts], device=device)
 
         def loss_fn(pixels: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
+            views = self.logits([rows[j] for j in sub.tolist()], pixels, attack=True)  # several under EOT
             sub = sub.to(device)
-            views = self.classifier.attack_logits(pixels)  # several under EOT: their mean loss
             return sum(loss(logits, labels[sub], targets[sub]) for logits in views) / len(views)
 
         return loss_fn
 
     def generate(self, rows: list[int], pixels: torch.Tensor) -> list[str]:
         with torch.no_grad():
-            return [self.folders[c] for c in self.classifier(pixels).argmax(-1).tolist()]
+            return [self.folders[c] for c in self.logits(rows, pixels)[0].argmax(-1).tolist()]
 
     def score(self, rows: list[int], outputs: list[str]) -> list[float]:
         return [100.0 if out == self.labels[i] else 0.0 for i, out in zip(rows, outputs)]
