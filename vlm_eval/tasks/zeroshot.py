@@ -81,13 +81,13 @@ class ZeroShot:
                  for r, row in zip(records, logits.float().tolist())]
         clean = [folders[r["prediction_index"]] for r in records]
         worst = Worst.start(pixels, clean, [r["score"] for r in records], texts)
-        prompts = None
+        own_weights = prompts = None
         if plan.on_prompts:  # MMCoA's text attack first: each sample's own class prompts
             from vlm_eval.tasks.prompt_attack import attack_prompts
 
-            weights, prompts = attack_prompts(classifier, pixels, torch.tensor([r["label_index"] for r in records]))
-        target = ClassifierTarget(classifier, pixels, [t[0] for t in texts], folders, ids,
-                                  weights if prompts else None)
+            labels = torch.tensor([r["label_index"] for r in records])
+            own_weights, prompts = attack_prompts(classifier, pixels, labels)
+        target = ClassifierTarget(classifier, pixels, [t[0] for t in texts], folders, ids, own_weights)
         if prompts:
             keep_worse(worst, target, pixels, "prompts hotflip")
         checkpoint = BatchSnapshot(step.run_dir, ids, plan.describe(), plan.steps, len(plan.schedule.runs),
