@@ -68,6 +68,9 @@ class Linear(torch.nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return 10 * self.layer(pixels.flatten(1))
 
+    def attack_logits(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        return [self(pixels)]
+
 
 class Recorder(ClassifierTarget):
     """Notes the rows each run attacks."""
@@ -102,7 +105,7 @@ def _attack(name: str, eps: str, steps: int = 20):
     texts = [[folders[label]] + ranked_others(row, label, 9, folders)
              for label, row in zip(y.tolist(), logits.tolist())]
     clean = [folders[c] for c in logits.argmax(-1).tolist()]
-    target = Recorder(model, x, [folders[c] for c in y.tolist()], folders, [f"s{i}" for i in range(len(x))])
+    target = Recorder(model, [folders[c] for c in y.tolist()], folders, [f"s{i}" for i in range(len(x))])
     scores = target.score(list(range(len(x))), clean)
     worst = execute(AttackPlan.on_classifier(name, eps, "linf", steps), x, "cpu", texts,
                     Worst.start(x, clean, scores, texts), target, NoCheckpoint())

@@ -87,7 +87,7 @@ class ZeroShot:
 
             labels = torch.tensor([r["label_index"] for r in records])
             own_weights, prompts = attack_prompts(classifier, pixels, labels)
-        target = ClassifierTarget(classifier, pixels, [t[0] for t in texts], folders, ids, own_weights)
+        target = ClassifierTarget(classifier, [t[0] for t in texts], folders, ids, own_weights)
         if prompts:
             keep_worse(worst, target, pixels, "prompts hotflip")
         checkpoint = BatchSnapshot(step.run_dir, ids, plan.describe(), plan.steps, len(plan.schedule.runs),
@@ -154,8 +154,8 @@ class ClassifierTarget:
     """The executor's view of a classifier on one batch (`attacks.executor.Target`): texts are class folders,
     outputs the predicted class's folder, scores 100 (right) or 0."""
 
-    def __init__(self, classifier: Classifier, pixels: torch.Tensor, labels: list[str], folders: list[str],
-                 ids: list[str], own_weights: torch.Tensor | None = None):
+    def __init__(self, classifier: Classifier, labels: list[str], folders: list[str], ids: list[str],
+                 own_weights: torch.Tensor | None = None):
         self.classifier, self.labels, self.ids = classifier, labels, ids
         self.index = {folder: i for i, folder in enumerate(folders)}
         self.folders = folders
