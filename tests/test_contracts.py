@@ -142,7 +142,8 @@ def _model_for(kind: str, task):
 
 @pytest.mark.parametrize("name", TASK_TYPES.names())
 def test_a_task_type_turns_a_batch_into_records_its_aggregation_scores(name, tmp_path):
-    card = next(c for c in cards.all_cards("tasks").values() if c.type == name)
+    of_type = [c for c in cards.all_cards("tasks").values() if c.type == name]
+    card = min(of_type, key=lambda c: c.generator is None)  # a mini world card when there is one: its files exist
     task = TASK_TYPES.get(name)(card, {})
     assert task.model_kind in LOADERS
     index = tmp_path / "classes.json"
