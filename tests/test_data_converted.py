@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -140,3 +141,14 @@ def test_the_cifar10_card_runs_from_the_cli(tmp_path):
                  "--device", "cpu", "--output-dir", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_samples"] == 6 and summary["metrics"]["n_classes"] == 3
+
+
+def test_changed_data_is_converted_again(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder, n=6)
+    first = as_class_folders(card("cifar", "batches"), {"batches": folder})
+    assert as_class_folders(card("cifar", "batches"), {"batches": folder}) == first  # reused
+    shutil.rmtree(folder)
+    write_cifar10(folder, n=9)
+    again = as_class_folders(card("cifar", "batches"), {"batches": folder})
+    assert again != first and len(read_imagefolder(again["image_dir"], again["class_index_json"])) == 9

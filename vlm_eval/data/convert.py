@@ -2,8 +2,9 @@
 
 Every zero-shot task is read as ImageNet-style class folders plus a class-index file
 (`imagefolder.py`). The other forms are converted on first use into a cache folder
-($VLM_EVAL_CACHE or ~/.cache/vlm_eval, `converted/<reader>-<hash of the source path>/`), written
-whole before a stamp file marks it complete, so an interrupted conversion starts again:
+($VLM_EVAL_CACHE or ~/.cache/vlm_eval, `converted/<reader>-<fingerprint of the source>/`: its path
+and its entries' names, sizes and times), written whole before a stamp file marks it complete, so an
+interrupted conversion starts again and changed data is converted anew:
 
 * `cifar`: CIFAR-10/100's python batches (`cifar.py`, no pickled code runs);
 * `webdataset`: CLIP_benchmark's shards (`test/*.tar` holding `<key>.cls` and `<key>.<image>`, and
@@ -32,8 +33,7 @@ def converted(reader: str, source: Path, write: Callable[[Path], list[str]]) -> 
     """The class-folder files of `source` as converted by `write(folder) -> class names`, written once."""
     from vlm_eval.data.cache import cache_root
 
-    digest = hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:12]
-    folder = cache_root() / "converted" / f"{reader}-{digest}"
+    folder = cache_root() / "converted" / f"{reader}-{fingerprint(Path(source))}"
     files = {"image_dir": folder / "images", "class_index_json": folder / "class_index.json"}
     if (folder / STAMP).is_file():
         return files
@@ -44,6 +44,15 @@ def converted(reader: str, source: Path, write: Callable[[Path], list[str]]) -> 
     files["class_index_json"].write_text(json.dumps(index, indent=1))
     (folder / STAMP).write_text(str(source))
     return files
+
+
+def fingerprint(source: Path) -> str:
+    """Of the source's path and its entries' names, sizes and times: changed data is converted again."""
+    if not source.exists():
+        raise MissingResourceError(f"not found: {source}")
+    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in source.iterdir()) \
+        if source.is_dir() else []
+    return hashlib.sha256(repr((str(source.resolve()), entries)).encode()).hexdigest()[:12]
 
 
 def class_folder(index: int, name: str) -> str:
