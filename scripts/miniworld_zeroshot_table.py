@@ -50,8 +50,11 @@ def main() -> None:
             command = [sys.executable, "-m", "vlm_eval", "--task", "mini-zeroshot", "--n-samples", args.n_samples,
                        "--steps", args.steps, "--device", "cpu", *cli, "--output-dir", str(folder)]
         print(" ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            sys.exit(f"failed ({done.returncode}):\n{done.stderr[-3000:]}")
     for attack in ATTACKS:
+        print(f"\n## {attack}, {args.n_samples} images, {args.steps} steps", flush=True)
         subprocess.run([sys.executable, "-m", "vlm_eval", "table", str(args.out / attack)], check=True)
 
 
