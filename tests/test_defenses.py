@@ -75,6 +75,8 @@ def test_defense_settings_parse_and_bad_ones_are_named():
             choose_defense("ttc", args, False, 1)
     with pytest.raises(VlmEvalError, match="need a --defense"):
         choose_defense("none", {}, True, 1)
+    with pytest.raises(VlmEvalError, match="for an --adaptive attack"):
+        choose_defense("ttc", {}, False, 4)
     with pytest.raises(VlmEvalError, match="unknown defense 'ttx'"):
         choose_defense("ttx", {}, False, 1)
 

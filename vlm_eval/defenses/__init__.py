@@ -46,11 +46,11 @@ def choose_defense(name: str, args: dict[str, str], adaptive: bool, eot_samples:
         return None
     if name not in DEFENSES:
         raise VlmEvalError(f"unknown defense {name!r}; known: none, {', '.join(DEFENSES)}")
-    if eot_samples < 1:
-        raise VlmEvalError(f"--eot-samples must be >= 1, got {eot_samples}")
+    if eot_samples < 1 or (eot_samples != 1 and not adaptive):
+        raise VlmEvalError(f"--eot-samples (got {eot_samples}) takes a number >= 1, for an --adaptive attack")
     values, tau_encoder = dict(args), args.get("tau_encoder")
     values.pop("tau_encoder", None)
-    known = {f.name: f.type for f in dataclasses.fields(TtcSettings)}
+    known = [f.name for f in dataclasses.fields(TtcSettings)]
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise VlmEvalError(f"--defense-arg {unknown[0]}: unknown; {name} takes {', '.join([*known, 'tau_encoder'])}")
