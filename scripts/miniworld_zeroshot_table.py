@@ -15,10 +15,10 @@ from pathlib import Path
 
 EPS = ("1/255", "2/255", "4/255")
 ATTACKS = ("apgd-ce", "autoattack")
-DEFENDED = {"ttc": ["--defense", "ttc"], "ttc-adaptive": ["--defense", "ttc", "--adaptive", "--eot-samples", "2"]}
+DEFENDED = {"ttc": ["--defense", "ttc"], "ttc-adaptive": ["--defense", "ttc", "--adaptive"]}
 
 
-def cells(encoders: list[str]) -> list[tuple[str, list[str]]]:
+def cells(encoders: list[str], attacks: list[str] = ATTACKS) -> list[tuple[str, list[str]]]:
     """(folder, CLI arguments) of every cell, one folder per attack (a table each): each encoder plain, the
     first also behind TTC. Attacked runs record the clean accuracy too, so no clean runs are needed."""
     out = []
@@ -26,7 +26,7 @@ def cells(encoders: list[str]) -> list[tuple[str, list[str]]]:
         variants = {"": []} | (DEFENDED if encoder == encoders[0] else {})
         for variant, extra in variants.items():
             name = f"{encoder}{'-' + variant if variant else ''}"
-            for attack in ATTACKS:
+            for attack in attacks:
                 for eps in EPS:
                     out.append((f"{attack}/{name}-{eps.replace('/', '_')}",
                                 ["--encoder", encoder, "--attack", attack, "--eps", eps, *extra]))
@@ -39,8 +39,12 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="+", default=["mini-clip", "mini-fare4", "mini-fare2", "mini-simclip4"])
     parser.add_argument("--n-samples", default="120")
     parser.add_argument("--steps", default="100")
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--eot-samples", default="1", help="of the adaptive attack through TTC")
     args = parser.parse_args()
-    for name, cli in cells(args.encoders):
+    for name, cli in cells(args.encoders, args.attacks):
+        if "--adaptive" in cli:
+            cli = [*cli, "--eot-samples", args.eot_samples]
         folder = args.out / name
         if (folder / "summary.json").is_file():
             continue
@@ -53,7 +57,7 @@ def main() -> None:
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode:
             sys.exit(f"failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    for attack in ATTACKS:
+    for attack in args.attacks:
         print(f"\n## {attack}, {args.n_samples} images, {args.steps} steps", flush=True)
         subprocess.run([sys.executable, "-m", "vlm_eval", "table", str(args.out / attack)], check=True)
 
