@@ -5,6 +5,7 @@ A recipe's `data` names its kind:
     {kind: karpathy, karpathy_json: .../dataset_coco.json, image_dir: ..., split: train}  # COCO / Flickr / mini world
     {kind: miniworld}                                       # the mini world's train split (written on first use)
     {kind: miniworld, labels: true}                         # its labelled single-shape training images (TeCoA)
+    {kind: miniworld, labels: main-object}                  # its captioning scenes, labelled by their largest object
     {kind: coco, captions_json: .../captions_train2017.json, image_dir: .../train2017}
     {kind: csv, csv: pairs.csv, image_dir: ...}             # rows "path,caption" (paths relative to image_dir)
     {kind: imagefolder, image_dir: train/, class_index_json: imagenet_class_index.json}   # TeCoA's classes
