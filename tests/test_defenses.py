@@ -122,7 +122,7 @@ def test_inside_a_vlm_the_defence_sees_every_image_and_adaptive_losses_go_throug
     from vlm_eval.contracts import Batch
     from vlm_eval.defenses import DefendedVLM
 
-    vlm, choice = RecordingVLM(), choose_defense("ttc", {}, adaptive, 3)
+    vlm, choice = RecordingVLM(), choose_defense("ttc", {}, adaptive, 3 if adaptive else 1)
     ttc = TestTimeCounterattack(linear, choice.settings)
     defended = DefendedVLM(vlm, ttc, choice)
     x = torch.rand(2, 1, 2, 2) * 0.5 + 0.25
