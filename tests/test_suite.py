@@ -56,3 +56,6 @@ def test_a_suite_with_a_member_lacking_data_stops_before_any_work(home, tmp_path
     err = capsys.readouterr().err
     assert "1 of 2 tasks lack data" in err and "cifar10" in err
     assert not (out / "mini-zeroshot").exists()
+    from vlm_eval.listing import listing
+
+    assert "suite: data for 1 of 2 tasks" in listing(home)

@@ -69,51 +69,52 @@ def _setting(key: str, value: str) -> float | int:
         raise VlmEvalError(f"--defense-arg {key}={value}: not a number ({exc})") from None
 
 
-class DefendedClassifier:
-    """A classifier whose images pass through a defence first; `attack_logits` is what an attack sees."""
+class Defended:
+    """A model (classifier or VLM) behind a defence: what is not defended is the model's own."""
 
-    def __init__(self, classifier: Classifier, defense: Defense, choice: DefenseChoice):
-        self.classifier, self.defense, self.choice = classifier, defense, choice
-        self.image_size = classifier.image_size
+    def __init__(self, model: Classifier | VLM, defense: Defense, choice: DefenseChoice):
+        self.model, self.defense, self.choice = model, defense, choice
+        self.image_size = model.image_size
 
     @property
     def device(self) -> torch.device:
-        return self.classifier.device
+        return self.model.device
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.classifier.preprocess(image)
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.defense(pixels))
+        return self.model.preprocess(image)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.classifier.embed(pixels)  # the undefended encoder's: what the counterattack moves
+        return self.model.embed(pixels)  # the undefended encoder's: what the counterattack moves
+
+    def draws(self) -> range:
+        """The defence's draws an adaptive attack averages over (the prediction itself uses draw 0)."""
+        return range(1, 1 + self.choice.eot_samples)
+
+
+class DefendedClassifier(Defended):
+    """A classifier whose images pass through a defence first; `attack_logits` is what an attack sees."""
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(self.defense(pixels))
 
     def attack_logits(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """Adaptive: the defended logits under each of `eot_samples` draws; otherwise the undefended logits."""
         if not self.choice.adaptive:
-            return [self.classifier(pixels)]
-        return [self.classifier(self.defense(pixels, draw=1 + k)) for k in range(self.choice.eot_samples)]
+            return [self.model(pixels)]
+        return [self.model(self.defense(pixels, draw=k)) for k in self.draws()]
 
 
-class DefendedVLM:
+class DefendedVLM(Defended):
     """A VLM whose images pass through a defence first, wherever they enter it (generation and attack
     losses); the semantic checks' embeddings stay those of the undefended encoder."""
 
-    def __init__(self, vlm: VLM, defense: Defense, choice: DefenseChoice):
-        self.vlm, self.defense, self.choice = vlm, defense, choice
-        self.image_size = vlm.image_size
-
     @property
-    def device(self) -> torch.device:
-        return self.vlm.device
+    def vlm(self) -> VLM:
+        return self.model
 
     @property
     def dtype(self) -> torch.dtype:
         return self.vlm.dtype
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.vlm.preprocess(image)
 
     def prompt(self, kind: str, question: str | None = None) -> str:
         return self.vlm.prompt(kind, question)
@@ -128,16 +129,13 @@ class DefendedVLM:
             return loss
 
         def through_defense(pixels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-            draws = [loss(self.defense(pixels, draw=1 + k), rows) for k in range(self.choice.eot_samples)]
+            draws = [loss(self.defense(pixels, draw=k), rows) for k in self.draws()]
             return sum(draws) / len(draws)
 
         return through_defense
 
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vlm.image_embeddings(pixels)
-
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vlm.embed(pixels)
 
     def describe(self) -> dict[str, Json]:
         return self.vlm.describe()

@@ -13,13 +13,12 @@ approximation (`vlm_eval.defenses` averages it over draws of d0 for an adaptive 
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from vlm_eval.contracts import Json
+from vlm_eval.attacks.threat import ThreatModel, random_start
 
 Embed = Callable[[torch.Tensor], torch.Tensor]  # [0, 1] pixels -> (B, D) image embeddings
 
@@ -55,7 +54,7 @@ class TestTimeCounterattack:
     def deltas(self, x: torch.Tensor, draw: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(d_0, ..., d_N), and which images are counterattacked (tau under the threshold)."""
         s = self.settings
-        delta = (x + uniform_noise(x, s.eps, draw)).clamp(0, 1) - x
+        delta = random_start(x, ThreatModel("linf", s.eps, f"{s.eps}"), pixel_seeds(x, draw)) - x
         if s.steps == 0:
             return [delta], torch.zeros(len(x), dtype=torch.bool, device=x.device)
         with torch.no_grad():
@@ -77,17 +76,11 @@ class TestTimeCounterattack:
         clean = self.tau_embed(x).float() if clean is None else clean
         return (self.tau_embed(x + delta).float() - clean).norm(dim=-1) / clean.norm(dim=-1)
 
-    def describe(self) -> dict[str, Json]:
-        return {"name": "ttc" if self.settings.steps else "random-noise", **asdict(self.settings),
-                "tau_from": "original encoder" if self.tau_embed is not self.embed else "evaluated encoder"}
 
-
-def uniform_noise(x: torch.Tensor, eps: float, draw: int) -> torch.Tensor:
-    """U[-eps, eps] noise, each image's seeded by its own pixels and the draw: the defence gives an image
-    the same answer whatever batch it is in, and a resumed run the same answers as an uninterrupted one."""
-    rows = []
-    for row in x:
-        seed = zlib.crc32(row.detach().float().cpu().numpy().tobytes()) + 7919 * draw
-        generator = torch.Generator().manual_seed(seed)
-        rows.append((torch.rand(row.shape, generator=generator) * 2 - 1) * eps)
-    return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+def pixel_seeds(x: torch.Tensor, draw: int) -> list[int]:
+    """A seed per image from its own 8-bit pixels and the draw, so the defence gives an image the same
+    answer whatever batch it is in, and a resumed run the answers of an uninterrupted one. Integer
+    arithmetic on the device (exact, so independent of the batch); one transfer of B numbers per call."""
+    levels = (x.detach().flatten(1) * 255).round().long()
+    weights = torch.arange(1, levels.shape[1] + 1, device=x.device) * 2654435761 % 2147483647
+    return (((levels * weights).sum(1) + 7919 * draw) % 2147483647).tolist()

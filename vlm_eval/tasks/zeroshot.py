@@ -159,13 +159,13 @@ class ClassifierTarget:
         self.classifier, self.labels, self.ids = classifier, labels, ids
         self.index = {folder: i for i, folder in enumerate(folders)}
         self.folders = folders
+        self.label_index = torch.tensor([self.index[y] for y in labels], device=classifier.device)  # by batch row
         self.own_weights = own_weights  # per sample, its class's weight from attacked prompts (MMCoA)
 
     def logits(self, rows: list[int], pixels: torch.Tensor, attack: bool = False) -> list[torch.Tensor]:
         """The logits of `rows` (several under EOT when `attack`), with attacked prompts where there are."""
         if self.own_weights is not None:
-            labels = torch.tensor([self.index[self.labels[i]] for i in rows], device=self.classifier.device)
-            return [self.classifier.logits_with(pixels, labels, self.own_weights[rows])]
+            return [self.classifier.logits_with(pixels, self.label_index[rows], self.own_weights[rows])]
         return self.classifier.attack_logits(pixels) if attack else [self.classifier(pixels)]
 
     def loss_for(self, rows: list[int], texts: list[str], run: Run) -> LossFn:
@@ -175,7 +175,7 @@ class ClassifierTarget:
             raise CardError(f"the {run.loss} loss needs at least {MIN_CLASSES[run.loss]} classes; "
                             f"this task has {len(self.folders)}: use --attack apgd-ce or pgd")
         loss, device = LOGIT_LOSSES[run.loss], self.classifier.device
-        labels = torch.tensor([self.index[self.labels[i]] for i in rows], device=device)
+        labels = self.label_index[rows]
         targets = torch.tensor([self.index[t] for t in texts], device=device)
 
         def loss_fn(pixels: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
