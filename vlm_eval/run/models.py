@@ -30,7 +30,7 @@ class Loaded:
 def load(plan: Plan) -> Loaded:
     """The task's model, and, in an attacked run of a VLM, the semantic checks' models."""
     loaded = LOADERS[plan.task.model_kind](plan)
-    if plan.attacked and not plan.classifier:
+    if plan.semantic_checked:
         loaded.judge, loaded.provenance["semantic"] = load_judge(plan, loaded.model)
     return loaded
 

@@ -56,6 +56,11 @@ class Plan:
     def attacked(self) -> bool:
         return self.attack is not None or self.replay is not None
 
+    @property
+    def semantic_checked(self) -> bool:
+        """The semantic checks compare a VLM's clean and attacked outputs: attacked VLM runs only."""
+        return self.attacked and not self.classifier
+
 
 def resolve(config: EvalConfig) -> Plan:
     """Cards, device, precision, task and attack; raises a `VlmEvalError` for anything unknown."""

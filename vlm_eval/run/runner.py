@@ -119,7 +119,7 @@ def full_config(plan: Plan) -> dict[str, Json]:
 
 def semantic_names(plan: Plan) -> dict[str, str]:
     """The semantic checks' models of an attacked VLM run, which `resume` keeps (the VLM card may change)."""
-    if not plan.attacked or plan.classifier:
+    if not plan.semantic_checked:
         return {}
     reference, sentences = semantic_models(plan.config, plan.vlm_card)
     return {"reference_encoder": reference, "sentence_model": sentences}
