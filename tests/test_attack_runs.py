@@ -100,7 +100,8 @@ def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sa
     monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", killed_in_the_second_batch)
     run = tmp_path / "run"
     assert main([*args, "--output-dir", str(run)]) == 130
-    assert len((run / "samples.jsonl").read_text().splitlines()) == 4 and (run / snapshot.STATE_FILE).exists()
+    assert len((run / "shards" / "0-of-1.jsonl").read_text().splitlines()) == 4
+    assert len(list((run / snapshot.STATE_DIR).iterdir())) == 1  # the second batch's
     assert main([*args, "--output-dir", str(run)]) == 2  # a new run does not overwrite it...
     assert f"python -m vlm_eval resume {run}" in capsys.readouterr().err  # ...and says how to finish it
 
@@ -113,7 +114,7 @@ def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sa
     monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", recorded)
     assert main(["resume", str(run)]) == 0
     assert resumed_steps[0] == 8 and 1 in resumed_steps  # the second batch went on from step 8, then the third began
-    assert "resuming" in caplog.text and not (run / snapshot.STATE_FILE).exists()
+    assert "resuming" in caplog.text and not (run / snapshot.STATE_DIR).exists()
     expected = [json.loads(line) for line in (whole / "samples.jsonl").read_text().splitlines()]
     got = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in got] == [r["id"] for r in expected]

@@ -192,9 +192,12 @@ def test_scores_reach_every_sample_and_outputs_survive_a_failed_scoring(tmp_path
 
     monkeypatch.setattr(Captioning, "score", broken_score)
     assert main([*TINY, "--task", "demo", "--n-samples", "all", "--output-dir", str(tmp_path / "broken")]) == 2
-    kept = read_jsonl(tmp_path / "broken" / "samples.jsonl")
+    kept = read_jsonl(tmp_path / "broken" / "shards" / "0-of-1.jsonl")
     assert [s["output"] for s in kept] == [refs[s["id"]][0] for s in kept] and len(kept) == 8
     assert not (tmp_path / "broken" / "summary.json").exists()
+    monkeypatch.undo()  # scoring repaired: the outputs are merged without evaluating anything again
+    assert main(["merge", str(tmp_path / "broken")]) == 0
+    assert read_jsonl(tmp_path / "broken" / "samples.jsonl") == samples
 
 
 def test_checkpoint_with_unknown_keys_names_the_file_and_the_layouts(tmp_path, capsys):

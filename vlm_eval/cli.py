@@ -6,6 +6,8 @@ Examples:
     python -m vlm_eval --encoder mini-clip --task mini-zeroshot      (zero-shot classification, no VLM)
     python -m vlm_eval list
     python -m vlm_eval resume RUN_DIR                                 (finish an interrupted run)
+    torchrun --nproc-per-node 8 -m vlm_eval ... --output-dir RUN_DIR  (one shard per GPU; or --shard i/n)
+    python -m vlm_eval merge RUN_DIR [--partial]                      (score the shards' records as one run)
     python -m vlm_eval report RUN_DIR [RUN_DIR ...]                   (HTML report of runs, side by side)
     python -m vlm_eval table RUN_DIR... --format latex                 (the papers' tables)
     python -m vlm_eval plot RUN_DIR... --output-dir plots             (score vs eps, success rates, checks)
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             return list_command(argv[1:])
         if argv[:1] == ["resume"]:
             return resume_command(argv[1:])
+        if argv[:1] == ["merge"]:
+            return merge_command(argv[1:])
         if argv[:1] and argv[0] in COMMANDS:
             from importlib import import_module
 
@@ -58,8 +62,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vlm_eval",
         description="Evaluate a VLM with a (robust) CLIP encoder swapped in. Other commands: `list` (the VLMs, "
-        "encoders and tasks), `resume RUN_DIR`, and for finished runs `report`, `table`, `plot` "
-        "(`python -m vlm_eval report --help`).",
+        "encoders and tasks), `resume RUN_DIR`, `merge RUN_DIR`, `finetune`, and for finished runs `report`, "
+        "`table`, `plot` (`python -m vlm_eval report --help`).",
     )
     p.add_argument("--vlm", default=defaults.vlm,
                    help="VLM card (default %(default)s); ignored by zero-shot classification tasks")
@@ -84,6 +88,7 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="override one file of the task card, e.g. --data image_dir=/data/coco/val2014")
     p.add_argument("--output-dir", help="run folder (default results/<task>-<vlm>-<encoder>-<time>, "
                                         "zero-shot: results/<task>-<encoder>-<time>)")
+    p.add_argument("--shard", metavar="i/n", help=SHARD_HELP)
     p.add_argument("--weights-dir", help="extra folder searched for encoder checkpoints")
     p.add_argument("--encoder-arch", default=defaults.encoder_arch,
                    help="open_clip architecture of an encoder given as a path (default %(default)s)")
@@ -151,9 +156,15 @@ def _add_semantic_arguments(p: argparse.ArgumentParser) -> None:
                           "(default: the VLM card's, sentence-transformers/all-MiniLM-L6-v2 for LLaVA)")
 
 
+SHARD_HELP = ("this process is shard i of n (0 <= i < n) of the run in --output-dir; shards take batches as "
+              "they free up, the last one merges (default: RANK/WORLD_SIZE of torchrun or accelerate launch, "
+              "each on cuda:LOCAL_RANK; else the whole run)")
+
+
 def eval_command(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    _stop_on_sigterm()
     config = EvalConfig(
         vlm=args.vlm, encoder=args.encoder, task=args.task, n_samples=args.n_samples, seed=args.seed,
         batch_size=args.batch_size, precision=args.precision, device=args.device, resolution=args.resolution,
@@ -172,15 +183,28 @@ def eval_command(argv: list[str]) -> int:
 
     from vlm_eval import cards
     from vlm_eval.run import run
+    from vlm_eval.run.shard import shard_from
     from vlm_eval.run.suite import run_suite, suite_table
 
+    shard = shard_from(args.shard)
     task_card = cards.load_card("tasks", config.task)
     if task_card.type == "suite":
+        if shard.count > 1:
+            raise VlmEvalError("--task zeroshot-suite runs its members one after another: shard each member's run")
         print(suite_table(run_suite(config, task_card)))
         return 0
-    run_dir = run(config)
-    print(summary_table(run_dir))
+    print(summary_table(run(config, shard=shard)))
     return 0
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (schedulers' pre-emption, `kill`) stops a run as Ctrl-C does: claims given back, nothing lost."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def summary_table(run_dir: Path) -> str:
@@ -196,6 +220,8 @@ def summary_table(run_dir: Path) -> str:
         + (f"   seed {config['resolved']['seed']}" if "seed" in config["resolved"] else ""),
         f"model       {_model_line(config['resolved'])}   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
     ]
+    if summary.get("partial"):
+        lines.append(f"PARTIAL     {summary['n_missing']} samples have no record yet: these scores are not the run's")
     defense = prov.get("defense")
     if defense:
         how = f"adaptive, EOT over {defense['eot_samples']}" if defense["adaptive"] else "non-adaptive"
@@ -227,12 +253,31 @@ def resume_command(argv: list[str]) -> int:
                                 description="Finish an interrupted run: the samples it wrote are kept, the rest "
                                 "evaluated; an attack it was in the middle of continues from its last saved state.")
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    p.add_argument("--shard", metavar="i/n", help=SHARD_HELP + "; n may differ from the interrupted run's")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
+    _stop_on_sigterm()
     from vlm_eval.run import resume
+    from vlm_eval.run.shard import shard_from
 
-    print(summary_table(resume(args.run_dir)))
+    print(summary_table(resume(args.run_dir, shard_from(args.shard))))
+    return 0
+
+
+def merge_command(argv: list[str]) -> int:
+    """Score the records of a run's shards as one set (the last shard to finish does it by itself)."""
+    p = argparse.ArgumentParser(prog="python -m vlm_eval merge",
+                                description="Merge a run's shards: their records in subset order, each sample "
+                                "once, scored as one set, into samples.jsonl and summary.json. Idempotent.")
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    p.add_argument("--partial", action="store_true",
+                   help="merge even if some samples have no record yet (summary.json then says partial)")
+    args = p.parse_args(argv)
+    _setup_logging(False)
+    from vlm_eval.run import merge
+
+    print(summary_table(merge(args.run_dir, partial=args.partial)))
     return 0
 
 

@@ -52,7 +52,6 @@ class Step:
     attack: AttackPlan | None = None  # None: a clean run, or a replay
     replay: SavedAdversarial | None = None  # --from-adversarial: saved images instead of an attack
     judge: SemanticJudge | None = None  # the semantic checks of attacked samples
-    resuming: bool = False  # an interrupted attack may go on from its snapshot
 
 
 class Record(TypedDict, total=False):

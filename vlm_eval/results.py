@@ -54,6 +54,20 @@ def swap_in(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(partial_path(path), path)
 
 
+def create_once(path: Path, text: str) -> bool:
+    """Write `path` only if it does not exist, whole or not at all (of processes racing, one wins);
+    False if it existed. The text goes to a private file first, then is hard-linked into place."""
+    private = path.with_name(f"{path.name}.{os.getpid()}-{id(text):x}.partial")
+    private.write_text(text)
+    try:
+        os.link(private, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        private.unlink()
+
+
 def replace_jsonl(path: Path, rows: Iterable[dict]) -> None:
     swap_in(path, lambda partial: write_jsonl(partial, rows))
 

@@ -1,16 +1,18 @@
 """Progress of one batch's attack schedule, and snapshots of it so that a killed run resumes mid-attack.
 
 A targeted attack of 10,000 steps takes hours per batch, an ensemble several runs of hundreds. Every
-few minutes, and after each run of a schedule, the state goes to `RUN_DIR/attack_state.safetensors`:
+few minutes, and after each run of a schedule, the state goes to
+`RUN_DIR/attack_states/<batch>.safetensors`, one file per batch (named by a hash of its sample ids):
 the worst outcome of every sample so far, the runs finished and the loop state of the attack under
-way, tagged with the batch's sample ids and the attack's settings. `python -m vlm_eval resume
-RUN_DIR` reruns the run, and that batch continues from the saved run and step. Only a resumed run
-reads a snapshot; one whose ids are not the batch's belongs to a batch that finished, and one whose
-settings differ is refused.
+way, tagged with the batch's sample ids and the attack's settings. Whichever process evaluates that
+batch next (`python -m vlm_eval resume RUN_DIR`, or another shard taking it over) continues from the
+saved run and step; a snapshot whose settings differ is refused. The file goes once the batch's
+records are written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -26,7 +28,7 @@ from vlm_eval.results import partial_path, swap_in
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "attack_state.safetensors"
+STATE_DIR = "attack_states"
 SAVE_EVERY_S = 120.0  # seconds of attack between two snapshots
 LOOP = "loop."  # prefix of the attack loop's tensors in the file
 
@@ -34,22 +36,20 @@ LOOP = "loop."  # prefix of the attack loop's tensors in the file
 class BatchSnapshot:
     """The `Checkpoint` of one batch's schedule: progress bars, and its state saved and offered back."""
 
-    def __init__(self, run_dir: Path, ids: list[Any], settings: dict[str, Any], steps: int, n_runs: int,
-                 resuming: bool):
-        self.path, self.ids, self.steps, self.n_runs = Path(run_dir) / STATE_FILE, list(ids), steps, n_runs
+    def __init__(self, run_dir: Path, ids: list[Any], settings: dict[str, Any], steps: int, n_runs: int):
+        self.path, self.ids, self.steps, self.n_runs = snapshot_file(run_dir, ids), list(ids), steps, n_runs
         self.settings = json.dumps(settings, sort_keys=True)
-        self.resuming = resuming
         self.loop: tuple[int, dict[str, torch.Tensor]] | None = None  # (run index, its saved loop state)
 
     def restore(self) -> tuple[int, Worst] | None:
         from safetensors import safe_open
 
-        if not (self.resuming and self.path.exists()):
+        if not self.path.exists():
             return None
         with safe_open(str(self.path), "pt") as f:
             meta = f.metadata() or {}
             if json.loads(meta.get("ids", "[]")) != self.ids:
-                return None  # left by a batch that finished
+                return None  # another batch's (a hash collision)
             if meta.get("settings") != self.settings or "worst" not in meta:
                 raise VlmEvalError(f"{self.path} was saved by another attack ({meta.get('settings')}), not this "
                                    f"run's ({self.settings}); delete it to attack the batch again")
@@ -77,6 +77,7 @@ class BatchSnapshot:
 
         tensors = {LOOP + k: v.detach().cpu().contiguous() for k, v in loop.items()}
         tensors["worst.pixels"] = worst.pixels.detach().cpu().contiguous()
+        self.path.parent.mkdir(exist_ok=True)
         metadata = {"ids": json.dumps(self.ids), "settings": self.settings, "runs_done": str(runs_done),
                     "worst": json.dumps(worst.lists())}
         swap_in(self.path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
@@ -112,7 +113,13 @@ class AttackSnapshot:
         self.bar.close()
 
 
-def clear_snapshot(run_dir: Path) -> None:
-    """Remove the attack state (and a half-written one): nothing is left to resume."""
-    for path in (Path(run_dir) / STATE_FILE, partial_path(Path(run_dir) / STATE_FILE)):
-        path.unlink(missing_ok=True)
+def snapshot_file(run_dir: Path, ids: list[Any]) -> Path:
+    digest = hashlib.sha1(json.dumps([str(i) for i in ids]).encode()).hexdigest()[:20]
+    return Path(run_dir) / STATE_DIR / f"{digest}.safetensors"
+
+
+def clear_snapshot(run_dir: Path, ids: list[Any]) -> None:
+    """Remove a batch's attack state (and a half-written one): nothing of it is left to resume."""
+    path = snapshot_file(run_dir, ids)
+    for leftover in (path, partial_path(path)):
+        leftover.unlink(missing_ok=True)

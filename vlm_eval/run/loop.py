@@ -1,14 +1,16 @@
-"""This run's batches: skip finished samples, load pixels, let the task evaluate, append the records.
+"""This shard's batches: take a free batch, load pixels, let the task evaluate, append the records.
 
-Batches are cut from the whole subset and then drop the finished samples, so a resumed run meets the
-batches of the interrupted one (and the attack state saved for one of them). Each batch's records
-are appended to samples.jsonl at once, so a crash loses no finished work.
+Batches are cut from the whole subset, so every shard, and a resumed run with any number of shards,
+meets the same batches (and the attack state saved for one of them). A shard takes the next batch
+nobody holds (run.claims) and appends its records to its own file at once (run.folder), so a crash
+loses no finished work; when no batch is free but some are still held, it waits, to take over any
+whose shard dies.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -16,37 +18,59 @@ import torch
 from PIL import Image
 
 from vlm_eval import results
-from vlm_eval.contracts import VLM, Classifier, Record, Step, TaskType
+from vlm_eval.contracts import VLM, Classifier, Step, TaskType
 from vlm_eval.data.samples import Sample
 from vlm_eval.errors import BadSampleError
+from vlm_eval.run import folder
+from vlm_eval.run.claims import Claims
 
 log = logging.getLogger(__name__)
 
-RECORDS = "samples.jsonl"
+WAIT_S = 5.0  # between two looks for a free batch while other shards finish theirs
 
 
-def evaluate_all(task: TaskType, model: VLM | Classifier, samples: list[Sample], step: Step, batch_size: int,
-                 strict: bool, finished: Collection[str] = ()) -> tuple[list[Record], list[dict[str, str]]]:
-    """(new records, skipped samples) of every sample not `finished`, in batches of `batch_size`."""
+def evaluate_shard(task: TaskType, model: VLM | Classifier, samples: list[Sample], step: Step, batch_size: int,
+                   strict: bool, claims: Claims, tag: str) -> None:
+    """Evaluate batches of `batch_size` until every sample of the run has a record (or was skipped)."""
     from tqdm import tqdm
 
-    records, skipped = [], []
+    mine = folder.records_file(step.run_dir, tag), folder.skipped_file(step.run_dir, tag)
+    for path in mine:
+        folder.drop_cut_line(path)
+    progress = folder.Progress(step.run_dir)
+    batches = {f"batch-{n:06d}": samples[start : start + batch_size]
+               for n, start in enumerate(range(0, len(samples), batch_size))}
     attack = step.attack or step.replay
-    desc = "evaluating" if attack is None else f"evaluating, {attack.name}"
-    with tqdm(total=len(samples), desc=desc, unit="sample") as bar:
-        for start in range(0, len(samples), batch_size):
-            chunk = [s for s in samples[start : start + batch_size] if s.id not in finished]
-            bar.update(min(batch_size, len(samples) - start) - len(chunk))
-            if not chunk:
+    done = progress.update()
+    if done:
+        log.warning("resuming %s: %d of %d samples done", step.run_dir, len(done), len(samples))
+    with tqdm(total=len(samples), desc="evaluating" + (f", {attack.name}" if attack else ""), unit="sample") as bar:
+        while True:
+            done = progress.update()
+            bar.update(len(done) - bar.n)
+            todo = {name: [s for s in batch if s.id not in done] for name, batch in batches.items()}
+            todo = {name: left for name, left in todo.items() if left}
+            if not todo:
+                return
+            name = next((name for name in todo if claims.take(name)), None)
+            if name is None:
+                bar.set_postfix_str(f"{len(todo)} batches held by other shards", refresh=True)
+                time.sleep(WAIT_S)
                 continue
-            pixels, kept, bad = load_pixels(chunk, model.preprocess, strict)
-            skipped += bad
-            if kept:
-                new = task.evaluate_batch(model, kept, torch.stack(pixels), step)
-                results.append_jsonl(step.run_dir / RECORDS, new)
-                records += new
-            bar.update(len(chunk))
-    return records, skipped
+            evaluate_batch(task, model, todo[name], step, strict, *mine)
+            claims.release(name)
+
+
+def evaluate_batch(task: TaskType, model: VLM | Classifier, chunk: list[Sample], step: Step, strict: bool,
+                   records_file: Path, skipped_file: Path) -> None:
+    from vlm_eval.attacks.snapshot import clear_snapshot
+
+    pixels, kept, bad = load_pixels(chunk, model.preprocess, strict)
+    if kept:
+        results.append_jsonl(records_file, task.evaluate_batch(model, kept, torch.stack(pixels), step))
+        clear_snapshot(step.run_dir, [s.id for s in kept])  # the batch is done: nothing of it to resume
+    if bad:
+        results.append_jsonl(skipped_file, bad)
 
 
 def load_pixels(chunk: list[Sample], preprocess: Callable[[Image.Image], torch.Tensor],
@@ -65,19 +89,3 @@ def load_pixels(chunk: list[Sample], preprocess: Callable[[Image.Image], torch.T
             log.warning("skipping %s (use --strict to stop instead)", exc)
             skipped.append({"id": sample.id, "reason": str(exc)})
     return pixels, kept, skipped
-
-
-def finished_records(run_dir: Path, samples: list[Sample]) -> list[Record]:
-    """The records an interrupted run wrote; a last line cut off by the interruption is dropped."""
-    from vlm_eval.errors import VlmEvalError
-
-    if (run_dir / "subset_ids.txt").read_text().split() != [str(s.id) for s in samples]:
-        raise VlmEvalError(f"{run_dir}: the task's samples are not those the run started with (subset_ids.txt): "
-                           "its data changed; start a new run")
-    path = run_dir / RECORDS
-    records, cut = results.read_jsonl(path)
-    if cut:
-        log.warning("dropping the last line of %s: the interruption cut it off", path)
-        results.replace_jsonl(path, records)  # so that new lines do not follow the cut one
-    log.warning("resuming %s: %d of %d samples done", run_dir, len(records), len(samples))
-    return records

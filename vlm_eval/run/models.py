@@ -41,7 +41,7 @@ def load_vlm(plan: Plan) -> Loaded:
     encoder = None
     if card is not None:
         encoder = encoder_family(card).load_vision(card, optional_path(config.weights_dir), config.allow_download)
-    vlm = vlm_family(plan.vlm_card).load(plan.vlm_card, encoder, torch_dtype(plan.precision), plan.device,
+    vlm = vlm_family(plan.vlm_card).load(plan.vlm_card, encoder, torch_dtype(plan.precision), plan.placed_device,
                                          config.allow_download)
     defense = None
     if plan.defense is not None:
@@ -54,7 +54,7 @@ def load_vlm(plan: Plan) -> Loaded:
         "random_weights": plan.vlm_card.build is not None or (card is not None and "random" in card.source),
         "resolution": vlm.image_size,
         "precision": plan.precision,
-        "device": plan.device,
+        "device": plan.placed_device,
         "defense": defense,
     })
 
@@ -65,7 +65,7 @@ def load_classifier(plan: Plan) -> Loaded:
     task: ClassifierTask = plan.task  # model_kind "classifier" promises class_names and templates
     classifier, encoder = encoder_family(card).load_classifier(
         card, task.class_names, list(task.templates), optional_path(config.weights_dir),
-        config.allow_download, plan.device, torch_dtype(plan.precision))
+        config.allow_download, plan.placed_device, torch_dtype(plan.precision))
     defense = None
     if plan.defense is not None:
         classifier, defense = defended(plan, classifier)
@@ -76,7 +76,7 @@ def load_classifier(plan: Plan) -> Loaded:
         "random_weights": "random" in card.source,
         "resolution": classifier.image_size,
         "precision": plan.precision,
-        "device": plan.device,
+        "device": plan.placed_device,
         "n_classes": len(task.class_names),
         "defense": defense,
     })
@@ -93,7 +93,7 @@ def defended(plan: Plan, model: VLM | Classifier) -> tuple[VLM | Classifier, dic
     if plan.tau_card is not None:
         tower = encoder_family(plan.tau_card).load_vision(plan.tau_card, optional_path(plan.config.weights_dir),
                                                           plan.config.allow_download)
-        visual = tower.visual.to(plan.device).eval().requires_grad_(False)
+        visual = tower.visual.to(plan.placed_device).eval().requires_grad_(False)
         tau_embed, tau_from = (lambda pixels: visual(clip_normalize(pixels.float()))), plan.tau_card.name
     defense = TestTimeCounterattack(model.embed, plan.defense.settings, tau_embed)
     wrapper = DefendedClassifier if plan.classifier else DefendedVLM
@@ -112,12 +112,12 @@ def load_judge(plan: Plan, model: VLM) -> tuple[SemanticJudge, dict[str, Json]]:
     reference, described = None, None
     if card is not None:
         reference, described = encoder_family(card).load_reference(card, optional_path(config.weights_dir),
-                                                                   config.allow_download, plan.device)
+                                                                   config.allow_download, plan.placed_device)
     embed_texts = None
     if plan.sentence_model == "reference":
         embed_texts = reference.embed_texts
     elif plan.sentence_model is not None:
-        embed_texts = load_sentence_model(plan.sentence_model, plan.device, config.allow_download)
+        embed_texts = load_sentence_model(plan.sentence_model, plan.placed_device, config.allow_download)
     provenance = {"reference_encoder": described, "sentence_model": plan.sentence_model, "thresholds": THRESHOLDS,
                   "keep_clip_score": KEEP_CLIP_SCORE}
     return SemanticJudge(model.image_embeddings, reference, embed_texts), provenance

@@ -16,6 +16,8 @@ from vlm_eval import cards
 from vlm_eval.cards import EncoderCard, TaskCard, VlmCard
 from vlm_eval.config import EvalConfig
 from vlm_eval.errors import MissingResourceError, VlmEvalError
+from vlm_eval.run.folder import check_run_dir
+from vlm_eval.run.shard import Shard
 
 if TYPE_CHECKING:
     from vlm_eval.attacks.schedule import AttackPlan
@@ -46,6 +48,12 @@ class Plan:
     sentence_model: str | None = None  # hub id, folder or "reference" (its text tower); None: skipped
     defense: DefenseChoice | None = None  # a test-time defence where pixels enter the model
     tau_card: EncoderCard | None = None  # TTC's tau encoder when it is not the evaluated one
+    shard: Shard = Shard()  # which part of the run this process evaluates (run.shard)
+
+    @property
+    def placed_device(self) -> str:
+        """Where this process's models go: `device`, on a launcher's own GPU for each of its processes."""
+        return self.shard.device(self.device)
 
     @property
     def classifier(self) -> bool:
@@ -62,7 +70,7 @@ class Plan:
         return self.attacked and not self.classifier
 
 
-def resolve(config: EvalConfig) -> Plan:
+def resolve(config: EvalConfig, shard: Shard = Shard()) -> Plan:
     """Cards, device, precision, task and attack; raises a `VlmEvalError` for anything unknown."""
     task_card = cards.load_card("tasks", config.task)
     task = make_task(config, task_card)
@@ -86,7 +94,7 @@ def resolve(config: EvalConfig) -> Plan:
     defense, tau_card = resolve_defense(config, encoder_card)
     return Plan(config, vlm_card, encoder_card, task_card, task, device, precision,
                 run_dir_for(config, swapped, classifier), *subset_choice(config, attack), attack, replay,
-                reference_card, sentence_model, defense, tau_card)
+                reference_card, sentence_model, defense, tau_card, shard)
 
 
 def resolve_defense(config: EvalConfig,
@@ -247,11 +255,10 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def preflight(plan: Plan, resume: bool = False) -> dict[str, Path]:
-    """The task's data files; raises one error listing every missing resource (data, Java, weights)."""
-    from vlm_eval.tasks.data import check_task_data, prepare_generated_data
-
-    check_run_dir_is_resumable(plan.run_dir) if resume else check_run_dir_is_free(plan.run_dir)
+def preflight(plan: Plan, mode: str = "new") -> dict[str, Path]:
+    """The task's data files; raises one error listing every missing resource (data, Java, weights).
+    `mode`: how the run folder may be found (`check_run_dir`)."""
+    check_run_dir(plan.run_dir, mode)
     problems: list[str] = []
 
     def attempt(check: Callable[[], T]) -> T | None:
@@ -261,19 +268,25 @@ def preflight(plan: Plan, resume: bool = False) -> dict[str, Path]:
             problems.append(str(exc))
             return None
 
-    config, card = plan.config, plan.task_card
-    data_root = optional_path(config.data_root)
-    generated = card.generator is not None  # written below, once every other check has passed
-    files = None if generated else attempt(lambda: check_task_data(card, data_root, config.data))
+    generated = plan.task_card.generator is not None  # written below, once every other check has passed
+    files = None if generated else attempt(lambda: task_files(plan))
     attempt(plan.task.check_requirements)
     for check in model_checks(plan):
         attempt(check)
     if problems:
         raise MissingResourceError("\n\n".join(problems))
-    if generated:
+    return task_files(plan) if generated else files
+
+
+def task_files(plan: Plan) -> dict[str, Path]:
+    """The task's data files, the mini world's written first if they are not there yet."""
+    from vlm_eval.tasks.data import check_task_data, prepare_generated_data
+
+    config, card = plan.config, plan.task_card
+    data_root = optional_path(config.data_root)
+    if card.generator is not None:
         prepare_generated_data(card, data_root, config.data)
-        files = check_task_data(card, data_root, config.data)
-    return files
+    return check_task_data(card, data_root, config.data)
 
 
 def model_checks(plan: Plan) -> list[Callable[[], object]]:
@@ -310,22 +323,6 @@ def check_sentence_model(name: str) -> None:
     if not present:
         raise MissingResourceError(f"sentence model {name!r} of the semantic checks: {where} "
                                    "(or rerun with --allow-download, or skip it with --sentence-model none)")
-
-
-def check_run_dir_is_free(run_dir: Path) -> None:
-    """Never overwrite outputs: neither a finished run nor the samples (or the attack) of an interrupted one."""
-    for name, state in (("summary.json", "a finished run"), ("samples.jsonl", "the outputs of an interrupted run"),
-                        ("subset_ids.txt", "an interrupted run")):
-        if (run_dir / name).exists():
-            hint = "" if name == "summary.json" else f" (to finish it: python -m vlm_eval resume {run_dir})"
-            raise VlmEvalError(f"{run_dir} already holds {state} ({name}); choose another --output-dir{hint}")
-
-
-def check_run_dir_is_resumable(run_dir: Path) -> None:
-    if (run_dir / "summary.json").exists():
-        raise VlmEvalError(f"{run_dir} holds a finished run (summary.json): nothing to resume")
-    if not (run_dir / "subset_ids.txt").is_file():
-        raise VlmEvalError(f"{run_dir} has no subset_ids.txt: the run stopped before it started; start it again")
 
 
 def run_dir_for(config: EvalConfig, swapped: bool = True, classifier: bool = False) -> Path:

@@ -1,99 +1,135 @@
 """One evaluation, every task type alike: plan -> samples -> model -> batches -> merge.
 
 Order matters: every check that can fail (names, cards, device, data, Java, weights) runs before
-anything heavy is loaded (`plan`), and the run folder is created only once the models are loaded
-(`models`), so a failed start leaves nothing behind. The batches' records are appended as they are
-made (`loop`), so a crash loses no finished work: `resume` finishes such a run, evaluating only the
-samples it had not written. `merge` then turns the appended records into the scored samples.jsonl
-and summary.json, the whole set at once (CIDEr is corpus-level).
+anything heavy is loaded (`plan`), and the run folder is written only once the models are loaded
+(`models`), so a failed start leaves nothing behind. A run is one or more shards (`run.shard`) that
+share its folder (`run.folder`): each takes batches and appends their records to its own file
+(`loop`), so a crash loses no finished work and `resume`, with any number of shards, evaluates only
+the samples no shard wrote. The last shard to finish merges: every shard's records scored as one
+set (CIDEr is corpus-level), into samples.jsonl and summary.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from dataclasses import fields
 from pathlib import Path
 
 from vlm_eval import results
 from vlm_eval.config import EvalConfig
-from vlm_eval.contracts import Json, Record, Step
-from vlm_eval.data.samples import Sample
+from vlm_eval.contracts import Json, Step
 from vlm_eval.errors import VlmEvalError
-from vlm_eval.run import loop, models
-from vlm_eval.run.plan import Plan, preflight, resolve, semantic_models
+from vlm_eval.run import folder, loop, models
+from vlm_eval.run.claims import CLAIMS, Claims
+from vlm_eval.run.plan import Plan, preflight, resolve, semantic_models, task_files
+from vlm_eval.run.shard import Shard
+
+MERGE = "merge"  # the claim of the shard that merges
 
 
-def run(config: EvalConfig, resume: bool = False) -> Path:
-    """Evaluate, write the run folder and return its path.
+def run(config: EvalConfig, resume: bool = False, shard: Shard = Shard()) -> Path:
+    """Evaluate this shard's part of the run (all of it, unsharded), merge once every shard is done, and
+    return the run folder.
 
-    `resume`: finish the interrupted run in `config.output_dir`: the samples it wrote are kept, the others
-    evaluated, and an attack it was in the middle of continues from its saved state.
+    `resume`: finish the interrupted run in `config.output_dir`. A shard of several (`shard.count > 1`)
+    always may: it joins the run its siblings started, or finishes the one they left.
     """
     from vlm_eval.data import select_subset
     from vlm_eval.tasks.data import read_task_samples
 
-    plan = resolve(config)
-    files = preflight(plan, resume)
+    if shard.count > 1 and not config.output_dir:
+        raise VlmEvalError(f"shard {shard.tag}: the shards of a run write into one folder: give --output-dir")
+    plan = resolve(config, shard)
+    files = preflight(plan, "resume" if resume else "join" if shard.count > 1 else "new")
     samples = select_subset(read_task_samples(plan.task_card, files), plan.n_samples, plan.seed)
     plan.task.setup(files)
     if plan.replay is not None:  # every saved image there before any work
         plan.replay.check([s.id for s in samples])
     loaded = models.load(plan)
 
-    finished = loop.finished_records(plan.run_dir, samples) if resume else []
-    if not resume:
-        start_run_dir(plan, samples)
-    step = Step(plan.run_dir, samples, plan.attack, plan.replay, loaded.judge, resume)
-    _, skipped = loop.evaluate_all(plan.task, loaded.model, samples, step, config.batch_size, config.strict,
-                                   {r["id"] for r in finished})
-    merge(plan, step, loaded.provenance, skipped)
+    folder.start_or_join(plan.run_dir, full_config(plan), samples)
+    folder.write_provenance(plan.run_dir, shard.tag, loaded.provenance)
+    step = Step(plan.run_dir, samples, plan.attack, plan.replay, loaded.judge)
+    with Claims(plan.run_dir, shard.tag) as claims:
+        loop.evaluate_shard(plan.task, loaded.model, samples, step, config.batch_size, config.strict, claims,
+                            shard.tag)
+        merging = wait_to_merge(plan.run_dir, claims)
+        if merging:
+            merge(plan.run_dir, plan=plan)
+    if merging:
+        shutil.rmtree(plan.run_dir / CLAIMS, ignore_errors=True)
     return plan.run_dir
 
 
-def merge(plan: Plan, step: Step, provenance: dict[str, Json], skipped: list[dict[str, str]]) -> None:
-    """Score the records the run folder holds as one set; write them back with their scores, the skipped
-    samples and summary.json; drop the attack snapshot (nothing is left to resume)."""
-    from vlm_eval.attacks.snapshot import clear_snapshot
+def wait_to_merge(run_dir: Path, claims: Claims) -> bool:
+    """True if this shard is the one to merge; False once another has (shards finishing together wait for it)."""
+    while not folder.merged(run_dir):
+        if claims.take(MERGE):
+            return True
+        time.sleep(loop.WAIT_S)
+    return False
+
+
+def merge(run_dir: Path, partial: bool = False, plan: Plan | None = None) -> Path:
+    """Score every shard's records as one set, in subset order, each sample once, and write samples.jsonl,
+    skipped.jsonl and summary.json; idempotent. Samples without a record are refused unless `partial`
+    (the summary then says so and the run stays resumable). `plan`: the running shard's, else made from
+    config.json (on the CPU: scoring needs no accelerator)."""
+    from vlm_eval.attacks.snapshot import STATE_DIR
     from vlm_eval.semantic import semantic_summary
 
-    records: list[Record] = results.read_samples(plan.run_dir) if (plan.run_dir / loop.RECORDS).exists() else []
-    metrics = plan.task.aggregate(records, step)
-    results.replace_jsonl(plan.run_dir / loop.RECORDS, records)  # now with scores
-    results.write_jsonl(plan.run_dir / "skipped.jsonl", skipped)
-    summary = results.summary(full_config(plan), provenance, len(records), len(skipped), metrics,
+    run_dir = Path(run_dir)
+    saved = read_config(run_dir)
+    if plan is None:
+        plan = resolve(config_from_saved(saved, run_dir, device="cpu"))
+        plan.task.setup(task_files(plan))
+    ids = folder.subset_ids(run_dir)
+    done, skipped = folder.gather(run_dir)
+    missing = [i for i in ids if i not in done and i not in skipped]
+    if missing and not partial:
+        raise VlmEvalError(f"{run_dir}: {len(missing)} of {len(ids)} samples have no record yet (first: "
+                           f"{missing[0]}); finish them (python -m vlm_eval resume {run_dir}, or let the running "
+                           "shards finish), or merge what there is with --partial")
+    records = [done[i] for i in ids if i in done]
+    skips = [skipped[i] for i in ids if i in skipped and i not in done]
+    metrics = plan.task.aggregate(records, Step(run_dir, [], plan.attack, plan.replay))
+    results.replace_jsonl(run_dir / "samples.jsonl", records)  # now with scores
+    results.replace_jsonl(run_dir / "skipped.jsonl", skips)
+    summary = results.summary(saved, folder.read_provenance(run_dir), len(records), len(skips), metrics,
                               semantic_summary(records))
-    results.write_json(plan.run_dir / "summary.json", summary)
-    clear_snapshot(plan.run_dir)
+    if missing:
+        summary |= {"partial": True, "n_missing": len(missing)}
+    results.swap_in(run_dir / folder.SUMMARY, lambda path: results.write_json(path, summary))
+    if not missing:
+        shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # nothing is left to resume
+    return run_dir
 
 
-def resume(run_dir: Path) -> Path:
+def resume(run_dir: Path, shard: Shard = Shard()) -> Path:
     """Finish an interrupted run with the settings in its config.json, on the device, in the precision and
     with the semantic checks' models it started with (so that its samples are not evaluated two ways)."""
-    path = Path(run_dir) / "config.json"
+    config = config_from_saved(read_config(run_dir), run_dir)
+    if not config.allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return run(config, resume=True, shard=shard)
+
+
+def read_config(run_dir: Path) -> dict[str, Json]:
+    path = Path(run_dir) / folder.CONFIG
     if not path.is_file():
-        raise VlmEvalError(f"{run_dir} is not a run folder (no config.json); give the folder of the run to resume")
-    saved = json.loads(path.read_text())
+        raise VlmEvalError(f"{run_dir} is not a run folder (no config.json); give the folder of a run")
+    return json.loads(path.read_text())
+
+
+def config_from_saved(saved: dict[str, Json], run_dir: Path, **override: Json) -> EvalConfig:
+    """The EvalConfig a run folder's config.json records, pinned to the choices it resolved."""
     given = {f.name: saved[f.name] for f in fields(EvalConfig) if f.name in saved}
     pinned = {key: saved["resolved"][key] for key in ("device", "precision")}
     pinned |= {key: saved["resolved"][key] for key in ("reference_encoder", "sentence_model") if key in saved["resolved"]}
-    config = EvalConfig(**{**given, **pinned, "output_dir": str(run_dir)})
-    if not config.allow_download:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return run(config, resume=True)
-
-
-def start_run_dir(plan: Plan, samples: list[Sample]) -> None:
-    """Create the run folder with config.json and subset_ids.txt (once the models are loaded)."""
-    from vlm_eval.data import save_subset_ids
-
-    try:
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VlmEvalError(f"cannot create the run folder {plan.run_dir}: {exc.strerror}; "
-                           "choose another --output-dir") from exc
-    save_subset_ids(plan.run_dir / "subset_ids.txt", samples)
-    results.write_json(plan.run_dir / "config.json", full_config(plan))
+    return EvalConfig(**{**given, **pinned, "output_dir": str(run_dir), **override})
 
 
 def full_config(plan: Plan) -> dict[str, Json]:

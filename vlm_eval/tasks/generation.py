@@ -97,7 +97,7 @@ class GenerationTask:
         target = VlmTarget(self, vlm, batch, step)
         scores = target.score(list(range(len(samples))), clean) if plan.ensemble else [math.inf] * len(samples)
         settings = {**plan.describe(), "dtype": str(vlm.dtype)}
-        checkpoint = BatchSnapshot(step.run_dir, batch.ids, settings, plan.steps, len(plan.schedule.runs), step.resuming)
+        checkpoint = BatchSnapshot(step.run_dir, batch.ids, settings, plan.steps, len(plan.schedule.runs))
         worst = execute(plan, batch.pixels, vlm.device, texts, Worst.start(batch.pixels, clean, scores, texts), target,
                         checkpoint)
         save_adversarial(step.run_dir, batch.ids, worst.pixels)

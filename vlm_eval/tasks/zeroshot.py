@@ -90,8 +90,7 @@ class ZeroShot:
         target = ClassifierTarget(classifier, [t[0] for t in texts], folders, ids, own_weights)
         if prompts:
             keep_worse(worst, target, pixels, "prompts hotflip")
-        checkpoint = BatchSnapshot(step.run_dir, ids, plan.describe(), plan.steps, len(plan.schedule.runs),
-                                   step.resuming)
+        checkpoint = BatchSnapshot(step.run_dir, ids, plan.describe(), plan.steps, len(plan.schedule.runs))
         worst = execute(plan, pixels, classifier.device, texts, worst, target, checkpoint)
         save_adversarial(step.run_dir, ids, worst.pixels)
         names = {c.folder: c.name for c in self.classes}
