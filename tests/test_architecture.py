@@ -19,7 +19,7 @@ LAYERS = [
     {"attacks", "encoders"},
     {"vlms", "semantic", "tasks", "defenses"},
     {"run", "listing", "miniworld"},
-    {"report", "tables", "finetune"},
+    {"report", "tables", "finetune", "terminal"},
     {"plots", "cli"},
     {"__main__"},
 ]

@@ -11,6 +11,7 @@ from PIL import Image
 from vlm_eval.cli import main
 
 TINY = ["--vlm", "tiny-random-llava", "--encoder", "tiny-random", "--batch-size", "3"]
+REFERENCES = Path(__file__).resolve().parent.parent / "assets" / "demo" / "captions_demo.json"
 
 
 def read_jsonl(path):
@@ -253,3 +254,19 @@ def test_reference_code_scoring_is_selected_and_recorded(tmp_path, monkeypatch):
     assert [s["output"] for s in read_jsonl(tmp_path / "of" / "samples.jsonl")] == ["Blue"] * 2
     assert of["metrics"]["vqa_accuracy"] == pytest.approx(100.0)  # "blue" after normalisation, 7 of 10 agree
     assert llava["metrics"]["vqa_accuracy"] == 0.0
+
+
+def test_a_config_file_sets_options_the_command_line_overrides(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("vlm: tiny-random-llava\nencoder: tiny-random\ntask: demo\nn_samples: 3\nseed: 7\n"
+                      "data: {references_json: /not/here.json}\n")
+    out = tmp_path / "run"
+    assert main(["--config", str(config), "--n-samples", "2", "--data", f"references_json={REFERENCES}",
+                 "--output-dir", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["task"], saved["n_samples"], saved["seed"]) == ("demo", 2, 7)  # the flag over the file
+    assert saved["data"] == {"references_json": str(REFERENCES)}  # --data over the file's entry of the same key
+
+    config.write_text("encoder: tiny-random\nbatchsize: 3\n")
+    assert main(["--config", str(config)]) == 2
+    assert f"--config {config}: unknown option(s) batchsize; known: vlm, encoder" in capsys.readouterr().err

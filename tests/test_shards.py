@@ -192,3 +192,47 @@ def test_merge_refuses_missing_samples_unless_partial_and_keeps_the_first_record
         assert main(["merge", str(run)]) == 0
         assert json.loads((run / "summary.json").read_text())["metrics"] == whole["metrics"]
         assert len(_records(run)) == 6
+
+
+@pytest.mark.slow
+def test_a_sweep_loads_its_vlm_once_skips_finished_cells_and_resumes_started_ones(sample, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from vlm_eval.vlms.llava import load
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"output_dir: {tmp_path / 'out'}\n"
+                     f"config: {{vlm: mini-llava, task: mini-coco, n_samples: 4, batch_size: 2, device: cpu, "
+                     f"attack: apgd, steps: 2, data_root: {sample}}}\n"
+                     "grid: {encoder: [mini-clip, mini-fare4], eps: [2/255, 4/255]}\n")
+    loads = []
+    original = load.load_llava
+    monkeypatch.setattr(load, "load_llava", lambda *args: loads.append(args[1]) or original(*args))
+    assert main(["sweep", str(sweep)]) == 0
+    cells = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
+    assert cells == ["encoder=mini-clip__eps=2_255", "encoder=mini-clip__eps=4_255",
+                     "encoder=mini-fare4__eps=2_255", "encoder=mini-fare4__eps=4_255"]
+    assert len(loads) == 1  # four cells, one language model: the encoders were swapped in
+    table = capsys.readouterr().out
+    assert "| mini-llava | mini-clip |" in table and "| mini-llava | mini-fare4 |" in table
+    first = {cell: json.loads((tmp_path / "out" / cell / "summary.json").read_text()) for cell in cells}
+
+    # A cell interrupted after its first batch, one never started; the two others are finished.
+    started, fresh = tmp_path / "out" / cells[1], tmp_path / "out" / cells[2]
+    for name in ("summary.json", "samples.jsonl", "skipped.jsonl"):
+        (started / name).unlink()
+    records = started / "shards" / "0-of-1.jsonl"
+    kept = [json.dumps({**json.loads(line), "kept": True}) + "\n" for line in records.read_text().splitlines()[:2]]
+    records.write_text("".join(kept))
+    shutil.rmtree(fresh)
+    finished = {cell: (tmp_path / "out" / cell / "summary.json").stat().st_mtime_ns for cell in (cells[0], cells[3])}
+
+    assert main(["sweep", str(sweep)]) == 0
+    assert {cell: (tmp_path / "out" / cell / "summary.json").stat().st_mtime_ns for cell in finished} == finished
+    assert [r.get("kept", False) for r in _records(started)] == [True, True, False, False]
+    for cell in (cells[1], cells[2]):
+        again = json.loads((tmp_path / "out" / cell / "summary.json").read_text())
+        assert again["metrics"] == first[cell]["metrics"]
+
+    sweep.write_text(sweep.read_text().replace("4/255]", "8/255]"))
+    assert main(["sweep", str(sweep)]) == 2
+    assert "holds another sweep" in capsys.readouterr().err

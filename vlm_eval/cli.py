@@ -8,6 +8,7 @@ Examples:
     python -m vlm_eval resume RUN_DIR                                 (finish an interrupted run)
     torchrun --nproc-per-node 8 -m vlm_eval ... --output-dir RUN_DIR  (one shard per GPU; or --shard i/n)
     python -m vlm_eval merge RUN_DIR [--partial]                      (score the shards' records as one run)
+    python -m vlm_eval sweep sweeps/mini-robust.yaml                  (a grid of runs: encoders x tasks x eps ...)
     python -m vlm_eval report RUN_DIR [RUN_DIR ...]                   (HTML report of runs, side by side)
     python -m vlm_eval table RUN_DIR... --format latex                 (the papers' tables)
     python -m vlm_eval plot RUN_DIR... --output-dir plots             (score vs eps, success rates, checks)
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from vlm_eval.config import PRECISIONS, RESOLUTIONS, EvalConfig
 from vlm_eval.errors import VlmEvalError
+from vlm_eval.terminal import summary_table
 
 log = logging.getLogger("vlm_eval")
 
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             return resume_command(argv[1:])
         if argv[:1] == ["merge"]:
             return merge_command(argv[1:])
+        if argv[:1] == ["sweep"]:
+            return sweep_command(argv[1:])
         if argv[:1] and argv[0] in COMMANDS:
             from importlib import import_module
 
@@ -88,6 +92,8 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="override one file of the task card, e.g. --data image_dir=/data/coco/val2014")
     p.add_argument("--output-dir", help="run folder (default results/<task>-<vlm>-<encoder>-<time>, "
                                         "zero-shot: results/<task>-<encoder>-<time>)")
+    p.add_argument("--config", metavar="FILE", help="a YAML file of these options' values (keys as in "
+                   "config.json: encoder, eps, n_samples, ...); options given here override it")
     p.add_argument("--shard", metavar="i/n", help=SHARD_HELP)
     p.add_argument("--weights-dir", help="extra folder searched for encoder checkpoints")
     p.add_argument("--encoder-arch", default=defaults.encoder_arch,
@@ -165,19 +171,7 @@ def eval_command(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     _setup_logging(args.verbose)
     _stop_on_sigterm()
-    config = EvalConfig(
-        vlm=args.vlm, encoder=args.encoder, task=args.task, n_samples=args.n_samples, seed=args.seed,
-        batch_size=args.batch_size, precision=args.precision, device=args.device, resolution=args.resolution,
-        data_root=args.data_root, data=dict(_key_value(kv) for kv in args.data), output_dir=args.output_dir,
-        weights_dir=args.weights_dir, allow_download=args.allow_download, strict=args.strict,
-        vqa_normalize=args.vqa_normalize, postprocess=args.postprocess, encoder_arch=args.encoder_arch,
-        attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps, target=args.target,
-        check_every=args.check_every, schedule=args.schedule, from_adversarial=args.from_adversarial,
-        quantize_8bit=args.quantize_8bit, reference_encoder=args.reference_encoder,
-        sentence_model=args.sentence_model, defense=args.defense,
-        defense_args=dict(_key_value(kv) for kv in args.defense_arg), adaptive=args.adaptive,
-        eot_samples=args.eot_samples,
-    )
+    config = config_from(argv, args)
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
 
@@ -197,6 +191,31 @@ def eval_command(argv: list[str]) -> int:
     return 0
 
 
+def config_from(argv: list[str], args: argparse.Namespace) -> EvalConfig:
+    """The EvalConfig of the options, over those of --config FILE: an option given on the command line
+    wins; --data and --defense-arg add to the file's mappings."""
+    from dataclasses import fields
+
+    from vlm_eval.config import load_config_file
+
+    values = {**vars(args), "data": dict(_key_value(kv) for kv in args.data),
+              "defense_args": dict(_key_value(kv) for kv in args.defense_arg)}
+    if args.config:
+        from_file, given = load_config_file(Path(args.config)), explicit_options(argv)
+        for key in ("data", "defense_args"):
+            values[key] = {**from_file.pop(key, {}), **values[key]}
+        values |= {key: value for key, value in from_file.items() if key not in given}
+    return EvalConfig(**{f.name: values[f.name] for f in fields(EvalConfig)})
+
+
+def explicit_options(argv: list[str]) -> set[str]:
+    """The destinations of the options `argv` gives (not those left at their defaults)."""
+    parser = eval_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def _stop_on_sigterm() -> None:
     """SIGTERM (schedulers' pre-emption, `kill`) stops a run as Ctrl-C does: claims given back, nothing lost."""
     import signal
@@ -205,46 +224,6 @@ def _stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-
-
-def summary_table(run_dir: Path) -> str:
-    """A few lines for the terminal: what ran, how many samples, the scores."""
-    import json
-
-    summary = json.loads((run_dir / "summary.json").read_text())
-    config, prov = summary["config"], summary["provenance"]
-    lines = [
-        "",
-        f"run folder  {run_dir}",
-        f"task        {config['resolved']['task_card']}   samples {summary['n_samples']}   skipped {summary['n_skipped']}"
-        + (f"   seed {config['resolved']['seed']}" if "seed" in config["resolved"] else ""),
-        f"model       {_model_line(config['resolved'])}   {prov['resolution']} px   {prov['precision']}   {prov['device']}",
-    ]
-    if summary.get("partial"):
-        lines.append(f"PARTIAL     {summary['n_missing']} samples have no record yet: these scores are not the run's")
-    defense = prov.get("defense")
-    if defense:
-        how = f"adaptive, EOT over {defense['eot_samples']}" if defense["adaptive"] else "non-adaptive"
-        lines.append(f"defense     {defense['name']}   attacks {how}   tau from {defense['tau_encoder']}")
-    width = max(13, *(len(name) + 1 for name in [*summary["metrics"], *summary.get("semantic", {})]))
-    lines += [f"{name:<{width}} {_metric(value)}" for name, value in summary["metrics"].items()]
-    for name, stats in summary.get("semantic", {}).items():  # docs/semantic.md
-        lines.append(f"{name:<{width}} " + "   ".join(f"{k} {v:.4g}" for k, v in stats.items() if v is not None))
-    if prov["random_weights"]:
-        lines.append("NOTE: random-weight models: these scores are meaningless; they only show the pipeline runs.")
-    return "\n".join(lines)
-
-
-def _model_line(resolved: dict) -> str:
-    if resolved["vlm_card"] is None:  # zero-shot classification: the encoder alone
-        return f"{resolved['encoder_card']} (zero-shot classifier)"
-    return f"{resolved['vlm_card']} + {resolved['encoder_card'] or 'native tower'}"
-
-
-def _metric(value: float | int | None) -> str:
-    if value is None:
-        return "n/a"
-    return str(value) if isinstance(value, int) else f"{value:.2f}"
 
 
 def resume_command(argv: list[str]) -> int:
@@ -279,6 +258,27 @@ def merge_command(argv: list[str]) -> int:
 
     print(summary_table(merge(args.run_dir, partial=args.partial)))
     return 0
+
+
+def sweep_command(argv: list[str]) -> int:
+    """Run a grid of evaluations (vlm_eval.run.sweep), then print their tables."""
+    from vlm_eval.run import sweep
+    from vlm_eval.run.shard import shard_from
+    from vlm_eval.tables import RENDERERS, build_tables, collect
+
+    p = argparse.ArgumentParser(prog="python -m vlm_eval sweep", description=sweep.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", metavar="SWEEP.yaml", type=Path)
+    p.add_argument("--shard", metavar="i/n", help=SHARD_HELP)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    _setup_logging(args.verbose)
+    _stop_on_sigterm()
+    done, failed = sweep.run_sweep(sweep.load_sweep(args.sweep), shard_from(args.shard))
+    print(RENDERERS["markdown"](build_tables(collect(done))), end="")
+    for failure in failed:
+        print(f"FAILED {failure}")
+    return 2 if failed else 0
 
 
 def list_command(argv: list[str]) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from vlm_eval.errors import VlmEvalError
@@ -63,3 +64,35 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The EvalConfig fields a YAML file (--config) sets."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise VlmEvalError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise VlmEvalError(f"--config {path}: not valid YAML ({exc})") from None
+    return config_values(values, f"--config {path}")
+
+
+def config_values(values: Any, where: str) -> dict[str, Any]:
+    """`values` checked as EvalConfig fields: unknown keys and non-mappings refused, naming `where`."""
+    if not isinstance(values, dict):
+        raise VlmEvalError(f"{where}: expected a mapping of options (encoder: fare4, eps: 4/255, ...)")
+    known = [f.name for f in fields(EvalConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise VlmEvalError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    for key in ("data", "defense_args"):
+        if not isinstance(values.get(key, {}), dict):
+            raise VlmEvalError(f"{where}: {key} must be a mapping (key: value)")
+    values = dict(values)
+    if "eps" in values:
+        values["eps"] = str(values["eps"])
+    if values.get("n_samples") == "all":
+        values["n_samples"] = None
+    return values

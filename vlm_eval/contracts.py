@@ -134,6 +134,8 @@ class VLM(Protocol):
 
     def describe(self) -> dict[str, Json]: ...
 
+    def swap_encoder(self, encoder: ImageEncoder) -> None: ...  # another encoder in place of the swapped-in one
+
 
 class VlmFamily(Protocol):
     """What the wiring asks of a VLM family (`VLM_FAMILIES`)."""

@@ -6,8 +6,9 @@ What a task needs is its `model_kind`; the families named by the cards load it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from vlm_eval import cards, results
 from vlm_eval.cards import EncoderCard, TaskCard, VlmCard
@@ -35,14 +36,37 @@ def load(plan: Plan) -> Loaded:
     return loaded
 
 
+_kept: dict[tuple, VLM] | None = None  # inside `keeping_vlm_loaded`: the VLM last loaded, by what loaded it
+
+
+@contextmanager
+def keeping_vlm_loaded() -> Iterator[None]:
+    """Runs in this block that load the VLM of the one before (card, precision, device, tower swapped or not)
+    reuse it with their own encoder swapped in: a sweep loads each language model once."""
+    global _kept
+    _kept = {}
+    try:
+        yield
+    finally:
+        _kept = None
+
+
 def load_vlm(plan: Plan) -> Loaded:
     """The VLM with the encoder swapped in (or its own tower)."""
     config, card = plan.config, plan.encoder_card
     encoder = None
     if card is not None:
         encoder = encoder_family(card).load_vision(card, optional_path(config.weights_dir), config.allow_download)
-    vlm = vlm_family(plan.vlm_card).load(plan.vlm_card, encoder, torch_dtype(plan.precision), plan.placed_device,
-                                         config.allow_download)
+    key = (plan.vlm_card.name, plan.precision, plan.placed_device, encoder is None)
+    vlm = _kept.get(key) if _kept is not None else None
+    if vlm is None:
+        vlm = vlm_family(plan.vlm_card).load(plan.vlm_card, encoder, torch_dtype(plan.precision), plan.placed_device,
+                                             config.allow_download)
+        if _kept is not None:
+            _kept.clear()  # one VLM in memory at a time
+            _kept[key] = vlm
+    elif encoder is not None:
+        vlm.swap_encoder(encoder)
     defense = None
     if plan.defense is not None:
         vlm, defense = defended(plan, vlm)

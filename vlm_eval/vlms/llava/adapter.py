@@ -17,7 +17,7 @@ from transformers import GenerationConfig, LlavaForConditionalGeneration, PreTra
 
 from PIL import Image
 
-from vlm_eval.contracts import Batch, LossFn
+from vlm_eval.contracts import Batch, ImageEncoder, LossFn
 from vlm_eval.data.images import clip_normalize, preprocess_image
 from vlm_eval.vlms.llava.prompts import IMAGE_PLACEHOLDER, llava_prompt
 
@@ -47,6 +47,13 @@ class LlavaAdapter:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def swap_encoder(self, encoder: ImageEncoder) -> None:
+        """Another encoder in place of the swapped-in one; the language model stays loaded (a sweep's cells)."""
+        from vlm_eval.vlms.llava.load import swap_vision_tower
+
+        swap_vision_tower(self.model, encoder.hf_vision_model())
+        self.model.model.vision_tower.requires_grad_(False)
 
     @property
     def dtype(self) -> torch.dtype:
