@@ -236,3 +236,21 @@ def test_a_sweep_loads_its_vlm_once_skips_finished_cells_and_resumes_started_one
     sweep.write_text(sweep.read_text().replace("4/255]", "8/255]"))
     assert main(["sweep", str(sweep)]) == 2
     assert "holds another sweep" in capsys.readouterr().err
+
+
+def test_the_slurm_array_script_runs_each_task_as_its_shard(tmp_path):
+    run = tmp_path / "run"
+    options = ["--vlm", "tiny-random-llava", "--encoder", "tiny-random", "--task", "demo", "--n-samples", "4",
+               "--batch-size", "1", "--device", "cpu"]
+    bin_dir = tmp_path / "bin"  # `python` in the script: this interpreter
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    for task in ("1", "0"):
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": task,
+               "SLURM_ARRAY_TASK_MAX": "1"}
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "eval_array.sh"), str(run), *options],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "shards" / "1-of-2.jsonl").is_file()  # task 1 was shard 1 of 2 (and, alone, did all)
+    assert len(_records(run)) == 4

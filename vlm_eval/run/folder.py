@@ -47,12 +47,16 @@ def start_or_join(run_dir: Path, config: dict[str, Json], samples: list[Sample])
     if not results.create_once(Path(run_dir) / SUBSET, ids) and (Path(run_dir) / SUBSET).read_text() != ids:
         raise VlmEvalError(f"{run_dir}: the task's samples are not those the run started with ({SUBSET}): its data, "
                            "--n-samples or --seed differ; start a new run in another folder")
-    text = json.dumps(config, indent=2) + "\n"
-    if not results.create_once(Path(run_dir) / CONFIG, text):
-        differ = config_differences(json.loads((Path(run_dir) / CONFIG).read_text()), config)
-        if differ:
-            raise VlmEvalError(f"{run_dir} holds a run with another configuration ({'; '.join(differ)}); a shard joins "
-                               "only the run it belongs to: give every shard the same options, or another --output-dir")
+    if not results.create_once(Path(run_dir) / CONFIG, json.dumps(config, indent=2) + "\n"):
+        check_same_config(run_dir, config)
+
+
+def check_same_config(run_dir: Path, config: dict[str, Json]) -> None:
+    """Refuse a shard whose configuration is not the one config.json holds, naming what differs."""
+    differ = config_differences(json.loads((Path(run_dir) / CONFIG).read_text()), config)
+    if differ:
+        raise VlmEvalError(f"{run_dir} holds a run with another configuration ({'; '.join(differ)}); a shard joins "
+                           "only the run it belongs to: give every shard the same options, or another --output-dir")
 
 
 def check_run_dir(run_dir: Path, mode: str) -> None:

@@ -12,6 +12,7 @@ set (CIDEr is corpus-level), into samples.jsonl and summary.json.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,8 @@ from vlm_eval.run import folder, loop, models
 from vlm_eval.run.claims import CLAIMS, Claims
 from vlm_eval.run.plan import Plan, preflight, resolve, semantic_models, task_files
 from vlm_eval.run.shard import Shard
+
+log = logging.getLogger(__name__)
 
 MERGE = "merge"  # the claim of the shard that merges
 
@@ -43,6 +46,10 @@ def run(config: EvalConfig, resume: bool = False, shard: Shard = Shard()) -> Pat
     if shard.count > 1 and not config.output_dir:
         raise VlmEvalError(f"shard {shard.tag}: the shards of a run write into one folder: give --output-dir")
     plan = resolve(config, shard)
+    if shard.count > 1 and folder.merged(plan.run_dir):  # a late shard (a queued array task): nothing left
+        folder.check_same_config(plan.run_dir, full_config(plan))
+        log.warning("%s is finished: nothing left for shard %s", plan.run_dir, shard.tag)
+        return plan.run_dir
     files = preflight(plan, "resume" if resume else "join" if shard.count > 1 else "new")
     samples = select_subset(read_task_samples(plan.task_card, files), plan.n_samples, plan.seed)
     plan.task.setup(files)
