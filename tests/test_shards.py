@@ -254,3 +254,17 @@ def test_the_slurm_array_script_runs_each_task_as_its_shard(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
     assert (run / "shards" / "1-of-2.jsonl").is_file()  # task 1 was shard 1 of 2 (and, alone, did all)
     assert len(_records(run)) == 4
+
+
+def test_a_vlm_split_by_device_map_evaluates_as_the_whole_one(sample, tmp_path, capsys):
+    base = ["--vlm", "mini-llava", "--encoder", "mini-fare4", "--task", "mini-coco", "--n-samples", "4",
+            "--device", "cpu", "--data-root", str(sample), "--attack", "apgd", "--steps", "2"]
+    assert main([*base, "--output-dir", str(tmp_path / "whole")]) == 0
+    assert main([*base, "--device-map", "auto", "--output-dir", str(tmp_path / "split")]) == 0
+    whole, split = _records(tmp_path / "whole"), _records(tmp_path / "split")
+    assert [r["adversarial"]["output"] for r in split] == [r["adversarial"]["output"] for r in whole]
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["device_map"] == "auto"
+
+    assert main(["--vlm", "tiny-random-llava", "--encoder", "tiny-random", "--task", "demo", "--n-samples", "1",
+                 "--device-map", "auto", "--output-dir", str(tmp_path / "tiny")]) == 2
+    assert "is built with random weights in memory: drop --device-map" in capsys.readouterr().err

@@ -84,6 +84,9 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                    help="weights' dtype; auto = fp16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--device-map", help="split a VLM too big for one GPU over the GPUs this process sees: auto, "
+                   "balanced, ... (transformers' device_map); with shards, one process per node "
+                   "(docs/scale.md)")
     p.add_argument("--resolution", type=int, choices=RESOLUTIONS, default=defaults.resolution,
                    help="224: robust-encoder protocol (the encoder replaces the tower, 256 image tokens); "
                         "336: LLaVA's native tower (default %(default)s)")

@@ -24,6 +24,7 @@ class EvalConfig:
     batch_size: int = 8
     precision: str = "auto"  # weights' dtype; auto = fp16 on CUDA (as the reference code), fp32 on CPU
     device: str = "auto"  # auto = cuda when available, else cpu
+    device_map: str | None = None  # split the VLM over this process's GPUs (transformers' "auto", "balanced", ...)
     resolution: int = 224
     data_root: str | None = None  # folder holding the task's files (default ./data)
     data: dict[str, str] = field(default_factory=dict)  # per-file overrides: card file key -> path

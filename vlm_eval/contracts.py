@@ -147,7 +147,7 @@ class VlmFamily(Protocol):
     def weights_status(self, card: VlmCard) -> tuple[bool, str]: ...
 
     def load(self, card: VlmCard, encoder: ImageEncoder | None, dtype: torch.dtype, device: str,
-             allow_download: bool) -> VLM: ...
+             allow_download: bool, device_map: str | None = None) -> VLM: ...  # device_map: split over GPUs
 
 
 class Classifier(Protocol):

@@ -57,11 +57,11 @@ def load_vlm(plan: Plan) -> Loaded:
     encoder = None
     if card is not None:
         encoder = encoder_family(card).load_vision(card, optional_path(config.weights_dir), config.allow_download)
-    key = (plan.vlm_card.name, plan.precision, plan.placed_device, encoder is None)
+    key = (plan.vlm_card.name, plan.precision, plan.placed_device, config.device_map, encoder is None)
     vlm = _kept.get(key) if _kept is not None else None
     if vlm is None:
         vlm = vlm_family(plan.vlm_card).load(plan.vlm_card, encoder, torch_dtype(plan.precision), plan.placed_device,
-                                             config.allow_download)
+                                             config.allow_download, config.device_map)
         if _kept is not None:
             _kept.clear()  # one VLM in memory at a time
             _kept[key] = vlm

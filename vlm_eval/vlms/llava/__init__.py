@@ -53,10 +53,10 @@ class LlavaFamily:
         return False, f"missing: `hf download {card.hf_id}`"
 
     def load(self, card: VlmCard, encoder: ImageEncoder | None, dtype: torch.dtype, device: str,
-             allow_download: bool) -> VLM:
+             allow_download: bool, device_map: str | None = None) -> VLM:
         from vlm_eval.vlms.llava.load import load_llava
 
-        return load_llava(card, encoder, dtype, device, allow_download)
+        return load_llava(card, encoder, dtype, device, allow_download, device_map)
 
 
 FAMILY = LlavaFamily()

@@ -7,7 +7,7 @@ from transformers import CLIPVisionModel, LlavaForConditionalGeneration, PreTrai
 
 from vlm_eval.cards import VlmCard, card_relative
 from vlm_eval.contracts import ImageEncoder
-from vlm_eval.errors import CheckpointError, MissingResourceError
+from vlm_eval.errors import CheckpointError, MissingResourceError, VlmEvalError
 from vlm_eval.vlms.llava.adapter import LlavaAdapter
 
 
@@ -24,12 +24,13 @@ def swap_vision_tower(model: LlavaForConditionalGeneration, vision_model: CLIPVi
             f"the encoder's width {vision_model.config.hidden_size} does not fit this LLaVA's projector "
             f"(expects {projector_in}); pick an encoder of the VLM's vision architecture"
         )
-    param = next(model.parameters())
+    param = next(model.model.vision_tower.parameters())  # where the tower sits (split models: on its own GPU)
     model.model.vision_tower = vision_model.to(device=param.device, dtype=param.dtype).eval()
     model.config.vision_config = vision_model.config
 
 
-def load_llava(card: VlmCard, encoder: ImageEncoder | None, dtype: torch.dtype, device: str, allow_download: bool = False) -> LlavaAdapter:
+def load_llava(card: VlmCard, encoder: ImageEncoder | None, dtype: torch.dtype, device: str, allow_download: bool = False,
+               device_map: str | None = None) -> LlavaAdapter:
     """Build the LLaVA of a VLM card, with `encoder` swapped in (robust protocol) or its own tower.
 
     Args:
@@ -38,16 +39,23 @@ def load_llava(card: VlmCard, encoder: ImageEncoder | None, dtype: torch.dtype, 
         dtype: weights' dtype (losses are always computed in fp32).
         device: torch device.
         allow_download: let transformers fetch missing files from the hub.
+        device_map: None (all of it on `device`), or transformers' split of the layers over the visible
+            GPUs ("auto", "balanced", ...) for a model that does not fit on one.
     """
-    model, tokenizer = _load_model(card, dtype, allow_download)
+    model, tokenizer = _load_model(card, dtype, allow_download, device_map)
     if encoder is not None:
         swap_vision_tower(model, encoder.hf_vision_model())
-    model.to(device=device, dtype=dtype)
+    if device_map is None:
+        model.to(device=device, dtype=dtype)
     return LlavaAdapter(model, tokenizer, mode="robust" if encoder is not None else "native")
 
 
-def _load_model(card: VlmCard, dtype: torch.dtype, allow_download: bool) -> tuple[LlavaForConditionalGeneration, PreTrainedTokenizerBase]:
+def _load_model(card: VlmCard, dtype: torch.dtype, allow_download: bool,
+                device_map: str | None) -> tuple[LlavaForConditionalGeneration, PreTrainedTokenizerBase]:
     if card.build is not None:
+        if device_map is not None:
+            raise VlmEvalError(f"--device-map splits a checkpoint as it loads; VLM {card.name!r} is built with "
+                               "random weights in memory: drop --device-map")
         from vlm_eval.vlms.llava.tiny import byte_tokenizer, random_llava
 
         return random_llava(card.build["vision"], card.build["text"], card.build.get("seed", 0)), byte_tokenizer()
@@ -56,7 +64,8 @@ def _load_model(card: VlmCard, dtype: torch.dtype, allow_download: bool) -> tupl
     source = local_path(card) or card.hf_id
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
-        model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, local_files_only=not allow_download)
+        model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, device_map=device_map,
+                                                              local_files_only=not allow_download)
     except OSError as exc:
         if card.path is not None:
             raise MissingResourceError(f"VLM {card.name!r}: cannot load {source}: {exc}") from exc
