@@ -250,7 +250,24 @@ def test_default_schedules_are_the_papers_protocol():
                                            "apgd fp32 target 'maybe'", "apgd fp32 target 'Word'"]
     cpu = Schedule.load(card_dir("schedules") / "captioning-bf16.yaml")  # the same, with bf16 for CPUs
     assert [r.label.replace("bf16", "fp16") for r in cpu.runs] == [r.label for r in captioning.runs]
+    for name, default in (("captioning", captioning), ("vqa", vqa)):  # all in fp32, for CPUs without bf16
+        fp32 = Schedule.load(card_dir("schedules") / f"{name}-fp32.yaml")
+        assert [r.label.replace("fp32", "fp16", 1) if r.label.startswith("apgd fp32 reference") else r.label
+                for r in fp32.runs] == [r.label for r in default.runs]
     assert captioning.stop_below is vqa.stop_below is cpu.stop_below is None  # the task decides
+
+
+def test_bf16_autocast_on_a_cpu_without_bf16_hardware_warns_once(monkeypatch, caplog):
+    from vlm_eval.attacks import executor
+
+    executor.warn_without_bf16_hardware.cache_clear()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for _ in range(3):
+        with executor.precision("cpu", "bf16"):
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert caplog.text.count("this CPU has no bf16 hardware") == 1 and "captioning-fp32.yaml" in caplog.text
+    executor.warn_without_bf16_hardware.cache_clear()
 
 
 @pytest.mark.parametrize("task,stop_below", [("coco", 10), ("flickr30k", 2), ("mini-coco", 10), ("vqav2", 1),

@@ -9,6 +9,8 @@ killed run resumes inside the schedule and inside the attack, and ends where it 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, ContextManager, Protocol
 
@@ -19,6 +21,8 @@ from vlm_eval.attacks.state import AttackHook
 from vlm_eval.attacks.targets import stop_on_target
 from vlm_eval.contracts import Json, LossFn
 
+log = logging.getLogger(__name__)
+
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -26,7 +30,18 @@ def precision(device: torch.device | str, name: str) -> ContextManager[Any]:
     """Autocast to a half precision over fp32 weights; fp32 and the model's own precision run as they are."""
     if name not in AUTOCAST:
         return contextlib.nullcontext()
+    if name == "bf16" and torch.device(device).type == "cpu":
+        warn_without_bf16_hardware()
     return torch.autocast(torch.device(device).type, dtype=AUTOCAST[name])
+
+
+@functools.cache
+def warn_without_bf16_hardware() -> None:
+    """Without AVX512-BF16 or AMX, bf16 is converted to and from fp32 around every product: it can cost
+    several times fp32 (docs/performance.md); said once per process."""
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        log.warning("this CPU has no bf16 hardware (AVX512-BF16, AMX): bf16 autocast may cost several times fp32; "
+                    "attack with schedules/captioning-fp32.yaml or schedules/vqa-fp32.yaml instead")
 
 
 @dataclass
