@@ -268,3 +268,15 @@ def test_a_vlm_split_by_device_map_evaluates_as_the_whole_one(sample, tmp_path, 
     assert main(["--vlm", "tiny-random-llava", "--encoder", "tiny-random", "--task", "demo", "--n-samples", "1",
                  "--device-map", "auto", "--output-dir", str(tmp_path / "tiny")]) == 2
     assert "is built with random weights in memory: drop --device-map" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_starts_one_shard_per_process(tmp_path):
+    run = tmp_path / "run"
+    log = tmp_path / "torchrun.log"
+    Process(log, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "vlm_eval", "--vlm", "tiny-random-llava",
+            "--encoder", "tiny-random", "--task", "demo", "--n-samples", "4", "--batch-size", "1", "--device", "cpu",
+            "--output-dir", str(run)).finished()
+    started = sorted(p.name for p in (run / "shards").glob("*.provenance.json"))
+    assert started == ["0-of-2.provenance.json", "1-of-2.provenance.json"]  # each process its own shard
+    assert len(_records(run)) == 4
