@@ -287,30 +287,9 @@ def test_train_data_readers_name_the_bad_file(tmp_path):
     assert len(labelled) == 24 and len(labelled.class_names) == 24 and labelled.labels[0] == 0
 
 
-@pytest.fixture(scope="module")
-def tiny_masked_lm(tmp_path_factory) -> Path:
-    """A random BERT masked LM over a word-level vocabulary, saved as a transformers folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
-
-    words = "a red blue green circle square cross big small two three shapes on the of".split()
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
-    torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, intermediate_size=64, pad_token_id=0))
-    folder = tmp_path_factory.mktemp("masked-lm")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_bert_attack_changes_one_content_word_to_the_substitute_that_raises_the_loss_most(tiny_masked_lm):
     from vlm_eval.attacks.text import STOP_WORDS, _substitutes, bert_attack
-    from vlm_eval.finetune.objectives.mmcoa import load_masked_lm
+    from vlm_eval.attacks.text import load_masked_lm
 
     model, tokenizer = load_masked_lm(str(tiny_masked_lm))
     texts = ["a red circle on the square", "the of a"]

@@ -202,6 +202,61 @@ def test_mmcoas_text_attack_changes_one_word_of_each_own_class_prompt_and_raises
                           atol=1e-5)
 
 
+def test_bert_attack_on_class_prompts_replaces_one_word_with_the_masked_lms_most_harmful_candidate(tiny_masked_lm):
+    from PIL import Image
+
+    from vlm_eval import cards
+    from vlm_eval.attacks.text import STOP_WORDS, _substitutes, load_masked_lm
+    from vlm_eval.data import read_class_index, read_imagefolder
+    from vlm_eval.encoders import ENCODER_FAMILIES
+    from vlm_eval.tasks.prompt_attack import attack_prompts
+
+    classes = read_class_index(SAMPLE / "zeroshot" / "class_index.json")
+    samples = read_imagefolder(SAMPLE / "zeroshot" / "test", SAMPLE / "zeroshot" / "class_index.json")[:6]
+    card = cards.load_card("encoders", "mini-clip")
+    classifier, _ = ENCODER_FAMILIES.get(card.family).load_classifier(
+        card, [c.name for c in classes], ["a {}", "a picture of a {}"], None, False, "cpu", torch.float32)
+    pixels = torch.stack([classifier.preprocess(Image.open(s.image_path).convert("RGB")) for s in samples])
+    labels = torch.tensor([[c.folder for c in classes].index(s.id.split("/")[0]) for s in samples])
+    masked_lm = load_masked_lm(str(tiny_masked_lm))
+    weights, prompts = attack_prompts(classifier, pixels, labels, masked_lm)
+
+    prompter, clean = classifier.prompts, classifier.prompts.texts(labels.tolist())
+    features = prompter.features(prompter.tokenize(clean))
+
+    def loss(sample: int, slot: int, text: str) -> float:  # the sample's CE with one of its prompts replaced
+        own = features.view(len(samples), 2, -1)[sample].clone()
+        own[slot] = prompter.features(prompter.tokenize([text]))[0]
+        logits = classifier.logits_with(pixels[sample : sample + 1], labels[sample : sample + 1],
+                                        prompter.class_weights_of(own))
+        return F.cross_entropy(logits, labels[sample : sample + 1]).item()
+
+    with torch.no_grad():
+        for sample, attacked in enumerate(prompts):
+            for slot, text in enumerate(attacked):
+                before = clean[sample * 2 + slot]
+                changed = [(b, a) for b, a in zip(before.split(), text.split()) if a != b]
+                assert len(text.split()) == len(before.split()) and len(changed) <= 1
+                assert all(b.lower() not in STOP_WORDS for b, _ in changed)
+                best = max([before, *_substitutes(before, *masked_lm, 8)], key=lambda c: loss(sample, slot, c))
+                assert loss(sample, slot, text) == pytest.approx(loss(sample, slot, best), abs=1e-5)
+        assert torch.allclose(weights, prompter.class_weights_of(prompter.features(prompter.tokenize(
+            [p for sample in prompts for p in sample]))), atol=1e-6)
+        assert F.cross_entropy(classifier.logits_with(pixels, labels, weights), labels) > F.cross_entropy(
+            classifier(pixels), labels)
+
+
+def test_the_text_attack_takes_a_masked_lm_from_the_command_line(tiny_masked_lm, tmp_path, capsys):
+    args = ["--encoder", "mini-clip", "--task", "mini-zeroshot", "--n-samples", "4", "--data-root", str(SAMPLE),
+            "--device", "cpu", "--masked-lm", str(tiny_masked_lm)]
+    assert main([*args, "--attack", "text", "--output-dir", str(tmp_path / "run")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert {r["adversarial"]["attack"] for r in records} == {"prompts bert-attack", "clean"}  # measured: 2 and 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["masked_lm"] == str(tiny_masked_lm)
+    assert main([*args, "--attack", "apgd-ce", "--output-dir", str(tmp_path / "other")]) == 2
+    assert "--masked-lm is BERT-Attack's, on the class prompts" in capsys.readouterr().err
+
+
 def test_the_bimodal_attack_is_at_least_as_strong_as_the_text_attack_alone(tmp_path):
     robust = {}
     for attack in ("text", "bimodal"):

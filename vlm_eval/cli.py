@@ -136,6 +136,9 @@ def _add_attack_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> N
                         help="evaluate the adversarial images a run with --attack saved (transfer, or re-scoring)")
     attack.add_argument("--quantize-8bit", action="store_true",
                         help="with --from-adversarial: round the images to 8 bits first, as saving a PNG would")
+    attack.add_argument("--masked-lm", metavar="MODEL", help="--attack text / bimodal on zero-shot tasks: "
+                        "BERT-Attack with this masked LM (a folder or a cached hub id, e.g. bert-base-uncased) "
+                        "instead of the gradient-guided HotFlip")
 
 
 def _add_defense_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> None:

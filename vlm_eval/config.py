@@ -50,6 +50,7 @@ class EvalConfig:
     defense_args: dict[str, str] = field(default_factory=dict)  # its settings: key -> value as written
     adaptive: bool = False  # attacks go through the defence (else: computed on the undefended model)
     eot_samples: int = 1  # adaptive: draws of the defence's randomness averaged per attack step
+    masked_lm: str | None = None  # --attack text / bimodal: BERT-Attack with this masked LM instead of HotFlip
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

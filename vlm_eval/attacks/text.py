@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from vlm_eval.errors import MissingResourceError
+
 
 def substitute_one_token(tokens: torch.Tensor, loss_of_embeddings: Callable[[torch.Tensor], torch.Tensor],
                          embedding: torch.Tensor, editable: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -50,6 +52,19 @@ after above below to from up down in out on off over under again further then on
 all any both each few more most other some such no nor not only own same so than too very is are was were be been
 being have has had having do does did doing it its itself this that these those i me my we our you your he him his
 she her they them their what which who whom as until while can will just should now""".split())
+
+
+def load_masked_lm(name: str) -> tuple[object, object]:
+    """A transformers masked LM and its tokenizer from a folder or the local HF cache (never downloaded here)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        model = AutoModelForMaskedLM.from_pretrained(name, local_files_only=True)
+    except OSError as exc:
+        raise MissingResourceError(f"masked LM {name!r} of BERT-Attack: not a masked LM folder nor in the HF cache "
+                                   f"({exc.__class__.__name__}); get it with `hf download {name}`") from exc
+    return model.eval().requires_grad_(False), tokenizer
 
 
 def bert_attack(texts: list[str], masked_lm: object, tokenizer: object,

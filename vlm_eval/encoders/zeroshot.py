@@ -93,7 +93,10 @@ class ZeroShotClassifier(nn.Module):
 
     def logits_with(self, pixels: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Logits where each sample's own class `labels[i]` has the weight `weights[i]` (attacked prompts)."""
-        features = F.normalize(self.embed(pixels), dim=-1)
+        return self.logits_of_features(F.normalize(self.embed(pixels), dim=-1), labels, weights)
+
+    def logits_of_features(self, features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """`logits_with` from unit image features already computed (one image, many prompt sets)."""
         scale = self.logit_scale.float().exp()
         logits = scale * features @ self.class_weights.float().T
         own = scale * (features * weights.float()).sum(-1, keepdim=True)
@@ -179,22 +182,32 @@ class ClassPrompts:
 
     def tokens(self, labels: list[int]) -> torch.Tensor:
         """(len(labels) x n_templates, L): each label's class prompts, template after template."""
-        texts = [t.format(self.class_names[y]) for y in labels for t in self.templates]
-        return self.tokenize(texts).to(self.token_embedding.device)
+        return self.tokenize(self.texts(labels)).to(self.token_embedding.device)
 
     def weights(self, tokens: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
         """(n, D) unit class weights of n classes' prompt tokens (n x n_templates rows), as `class_weights`
         builds them; `embedded` replaces the token embeddings (a text attack's gradient flows through it)."""
+        return self.class_weights_of(self.features(tokens, embedded))
+
+    def class_weights_of(self, features: torch.Tensor) -> torch.Tensor:
+        """(n, D) unit class weights from the unit features of n classes' prompts (n x n_templates rows)."""
+        per_class = features.view(-1, len(self.templates), features.shape[-1]).mean(1)
+        return F.normalize(per_class, dim=-1)
+
+    def features(self, tokens: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit text features of prompt tokens; `embedded` replaces their token embeddings."""
         hook = None
         if embedded is not None:
             hook = self.model.token_embedding.register_forward_hook(lambda m, a, out: embedded.to(out.dtype))
         try:
-            features = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
         finally:
             if hook is not None:
                 hook.remove()
-        per_class = features.view(-1, len(self.templates), features.shape[-1]).mean(1)
-        return F.normalize(per_class, dim=-1)
+
+    def texts(self, labels: list[int]) -> list[str]:
+        """Each label's class prompts, template after template (what `tokens` tokenizes)."""
+        return [t.format(self.class_names[y]) for y in labels for t in self.templates]
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         decode = getattr(self.tokenize, "decode", None)

@@ -114,7 +114,7 @@ def resolve_defense(config: EvalConfig,
 def make_task(config: EvalConfig, card: TaskCard) -> TaskType:
     from vlm_eval.tasks import TASK_TYPES
 
-    options = {"vqa_normalize": config.vqa_normalize, "postprocess": config.postprocess}
+    options = {"vqa_normalize": config.vqa_normalize, "postprocess": config.postprocess, "masked_lm": config.masked_lm}
     try:
         return TASK_TYPES.get(card.type)(card, options)
     except ValueError as exc:
@@ -196,7 +196,7 @@ def resolve_attack(config: EvalConfig, task_card: TaskCard,
 
 def classifier_attack(config: EvalConfig) -> AttackPlan | None:
     """A zero-shot task's attack (--attack apgd-ce, apgd-t, pgd, cw, autoattack), or None."""
-    from vlm_eval.attacks.schedule import AttackPlan
+    from vlm_eval.attacks.schedule import PROMPT_ATTACKS, AttackPlan
 
     for given, option in ((config.from_adversarial, "--from-adversarial"), (config.schedule, "--schedule"),
                           (config.target, "--target")):
@@ -204,6 +204,9 @@ def classifier_attack(config: EvalConfig) -> AttackPlan | None:
             raise VlmEvalError(f"{option} is for captioning and VQA tasks, not zero-shot classification")
     if config.attack == "none":
         return None
+    if config.masked_lm and config.attack not in PROMPT_ATTACKS:
+        raise VlmEvalError(f"--masked-lm is BERT-Attack's, on the class prompts: use it with --attack text or "
+                           f"bimodal, not {config.attack}")
     try:
         return AttackPlan.on_classifier(config.attack, config.eps, config.norm, config.steps)
     except ValueError as exc:

@@ -41,9 +41,14 @@ class ZeroShot:
             raise CardError(f"task card {card.card_path}: field `templates`: {problem}")
         self.templates = tuple(card.templates)
         self.classes: list[ImageClass] = []
+        self.masked_lm_name = options.get("masked_lm")
+        self.masked_lm: tuple[object, object] | None = None  # BERT-Attack's on the class prompts, if named
 
     def check_requirements(self) -> None:
-        pass
+        if self.masked_lm_name:
+            from vlm_eval.attacks.text import load_masked_lm
+
+            self.masked_lm = load_masked_lm(self.masked_lm_name)
 
     def setup(self, files: dict[str, Path]) -> None:
         """Read the task's classes (`ImageClass`: index, folder, name) in label order."""
@@ -86,10 +91,10 @@ class ZeroShot:
             from vlm_eval.tasks.prompt_attack import attack_prompts
 
             labels = torch.tensor([r["label_index"] for r in records])
-            own_weights, prompts = attack_prompts(classifier, pixels, labels)
+            own_weights, prompts = attack_prompts(classifier, pixels, labels, self.masked_lm)
         target = ClassifierTarget(classifier, [t[0] for t in texts], folders, ids, own_weights)
         if prompts:
-            keep_worse(worst, target, pixels, "prompts hotflip")
+            keep_worse(worst, target, pixels, "prompts " + ("bert-attack" if self.masked_lm else "hotflip"))
         checkpoint = BatchSnapshot(step.run_dir, ids, plan.describe(), plan.steps, len(plan.schedule.runs))
         worst = execute(plan, pixels, classifier.device, texts, worst, target, checkpoint)
         save_adversarial(step.run_dir, ids, worst.pixels)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vlm_eval.attacks.text import bert_attack, substitute_one_token
-from vlm_eval.errors import MissingResourceError
+from vlm_eval.attacks.text import bert_attack, load_masked_lm, substitute_one_token
 from vlm_eval.finetune.step import Context, TrainBatch
 from vlm_eval.finetune.towers import Towers, cosine_logits, inner_max, per_sample
 
@@ -52,19 +51,6 @@ def hotflip_adversary(ctx: Context, tokens: torch.Tensor, image: torch.Tensor) -
         return F.cross_entropy(logits, targets, reduction="none")
 
     return substitute_one_token(tokens, loss, embedding, editable, allowed)
-
-
-def load_masked_lm(name: str) -> tuple[object, object]:
-    """A transformers masked LM and its tokenizer from a folder or the local HF cache (never downloaded here)."""
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
-        model = AutoModelForMaskedLM.from_pretrained(name, local_files_only=True)
-    except OSError as exc:
-        raise MissingResourceError(f"text_attack model {name!r}: not a masked LM folder nor in the HF cache "
-                                   f"({exc.__class__.__name__}); get it with `hf download {name}`") from exc
-    return model.eval().requires_grad_(False), tokenizer
 
 
 def bert_adversary(ctx: Context, captions: list[str], clean_text: torch.Tensor, masked_lm: tuple[object, object]
