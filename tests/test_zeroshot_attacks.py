@@ -174,13 +174,13 @@ def test_zero_shot_attack_options_that_do_not_apply_are_refused(args, message, t
     assert message in capsys.readouterr().err and not out.exists()
 
 
-def test_mmcoas_text_attack_changes_one_word_of_each_own_class_prompt_and_raises_the_loss():
+def _mini_classifier_and_six_images() -> tuple[object, torch.Tensor, torch.Tensor]:
+    """The mini CLIP's classifier over the sample's classes (two templates), six images and their labels."""
     from PIL import Image
 
     from vlm_eval import cards
     from vlm_eval.data import read_class_index, read_imagefolder
     from vlm_eval.encoders import ENCODER_FAMILIES
-    from vlm_eval.tasks.prompt_attack import attack_prompts
 
     classes = read_class_index(SAMPLE / "zeroshot" / "class_index.json")
     samples = read_imagefolder(SAMPLE / "zeroshot" / "test", SAMPLE / "zeroshot" / "class_index.json")[:6]
@@ -189,6 +189,13 @@ def test_mmcoas_text_attack_changes_one_word_of_each_own_class_prompt_and_raises
         card, [c.name for c in classes], ["a {}", "a picture of a {}"], None, False, "cpu", torch.float32)
     pixels = torch.stack([classifier.preprocess(Image.open(s.image_path).convert("RGB")) for s in samples])
     labels = torch.tensor([[c.folder for c in classes].index(s.id.split("/")[0]) for s in samples])
+    return classifier, pixels, labels
+
+
+def test_mmcoas_text_attack_changes_one_word_of_each_own_class_prompt_and_raises_the_loss():
+    from vlm_eval.tasks.prompt_attack import attack_prompts
+
+    classifier, pixels, labels = _mini_classifier_and_six_images()
     weights, prompts = attack_prompts(classifier, pixels, labels)
     clean_prompts = classifier.prompts.tokens(labels.tolist())
     attacked = classifier.prompts.tokenize([p for sample in prompts for p in sample])
@@ -203,30 +210,19 @@ def test_mmcoas_text_attack_changes_one_word_of_each_own_class_prompt_and_raises
 
 
 def test_bert_attack_on_class_prompts_replaces_one_word_with_the_masked_lms_most_harmful_candidate(tiny_masked_lm):
-    from PIL import Image
-
-    from vlm_eval import cards
     from vlm_eval.attacks.text import STOP_WORDS, _substitutes, load_masked_lm
-    from vlm_eval.data import read_class_index, read_imagefolder
-    from vlm_eval.encoders import ENCODER_FAMILIES
     from vlm_eval.tasks.prompt_attack import attack_prompts
 
-    classes = read_class_index(SAMPLE / "zeroshot" / "class_index.json")
-    samples = read_imagefolder(SAMPLE / "zeroshot" / "test", SAMPLE / "zeroshot" / "class_index.json")[:6]
-    card = cards.load_card("encoders", "mini-clip")
-    classifier, _ = ENCODER_FAMILIES.get(card.family).load_classifier(
-        card, [c.name for c in classes], ["a {}", "a picture of a {}"], None, False, "cpu", torch.float32)
-    pixels = torch.stack([classifier.preprocess(Image.open(s.image_path).convert("RGB")) for s in samples])
-    labels = torch.tensor([[c.folder for c in classes].index(s.id.split("/")[0]) for s in samples])
+    classifier, pixels, labels = _mini_classifier_and_six_images()
     masked_lm = load_masked_lm(str(tiny_masked_lm))
     weights, prompts = attack_prompts(classifier, pixels, labels, masked_lm)
 
     prompter, clean = classifier.prompts, classifier.prompts.texts(labels.tolist())
-    features = prompter.features(prompter.tokenize(clean))
+    features = prompter.encode(clean)
 
     def loss(sample: int, slot: int, text: str) -> float:  # the sample's CE with one of its prompts replaced
-        own = features.view(len(samples), 2, -1)[sample].clone()
-        own[slot] = prompter.features(prompter.tokenize([text]))[0]
+        own = features.view(len(labels), 2, -1)[sample].clone()
+        own[slot] = prompter.encode([text])[0]
         logits = classifier.logits_with(pixels[sample : sample + 1], labels[sample : sample + 1],
                                         prompter.class_weights_of(own))
         return F.cross_entropy(logits, labels[sample : sample + 1]).item()
@@ -240,8 +236,8 @@ def test_bert_attack_on_class_prompts_replaces_one_word_with_the_masked_lms_most
                 assert all(b.lower() not in STOP_WORDS for b, _ in changed)
                 best = max([before, *_substitutes(before, *masked_lm, 8)], key=lambda c: loss(sample, slot, c))
                 assert loss(sample, slot, text) == pytest.approx(loss(sample, slot, best), abs=1e-5)
-        assert torch.allclose(weights, prompter.class_weights_of(prompter.features(prompter.tokenize(
-            [p for sample in prompts for p in sample]))), atol=1e-6)
+        assert torch.allclose(weights, prompter.class_weights_of(prompter.encode(
+            [p for sample in prompts for p in sample])), atol=1e-6)
         assert F.cross_entropy(classifier.logits_with(pixels, labels, weights), labels) > F.cross_entropy(
             classifier(pixels), labels)
 

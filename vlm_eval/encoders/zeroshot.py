@@ -184,6 +184,10 @@ class ClassPrompts:
         """(len(labels) x n_templates, L): each label's class prompts, template after template."""
         return self.tokenize(self.texts(labels)).to(self.token_embedding.device)
 
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Unit text features of prompts given as text."""
+        return self.features(self.tokenize(texts).to(self.token_embedding.device))
+
     def weights(self, tokens: torch.Tensor, embedded: torch.Tensor | None = None) -> torch.Tensor:
         """(n, D) unit class weights of n classes' prompt tokens (n x n_templates rows), as `class_weights`
         builds them; `embedded` replaces the token embeddings (a text attack's gradient flows through it)."""

@@ -124,6 +124,18 @@ def resume(run_dir: Path, shard: Shard = Shard()) -> Path:
     return run(config, resume=True, shard=shard)
 
 
+def complete(config: EvalConfig, shard: Shard = Shard()) -> Path:
+    """The run in `config.output_dir` however far it got: left alone if finished, resumed if started, else
+    started (a suite's members, a sweep's cells)."""
+    run_dir = Path(config.output_dir)
+    if folder.merged(run_dir):
+        log.info("%s is finished, skipped", run_dir)
+        return run_dir
+    if (run_dir / folder.SUBSET).is_file():
+        return resume(run_dir, shard)
+    return run(config, shard=shard)
+
+
 def read_config(run_dir: Path) -> dict[str, Json]:
     path = Path(run_dir) / folder.CONFIG
     if not path.is_file():

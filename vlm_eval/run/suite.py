@@ -24,7 +24,7 @@ SKIPPED_IN_AVERAGE = ("n_classes",)
 
 def run_suite(config: EvalConfig, card: TaskCard) -> Path:
     """Run every member of the suite `card`; returns the suite's folder (its summary.json averages them)."""
-    from vlm_eval.run.runner import resume, run
+    from vlm_eval.run.runner import complete
 
     if config.data:
         raise VlmEvalError(f"--data names one task's files; the suite {card.name!r} runs {len(card.members)} tasks: "
@@ -33,11 +33,8 @@ def run_suite(config: EvalConfig, card: TaskCard) -> Path:
     suite_dir = Path(config.output_dir or Path("results") / f"{card.name}-{Path(config.encoder).name}-{stamp}")
     members = {name: dataclasses.replace(config, task=name, output_dir=str(suite_dir / name)) for name in card.members}
     check_member_data(card, members)
-    for name, member in members.items():
-        folder = suite_dir / name
-        if (folder / "summary.json").is_file():
-            continue
-        resume(folder) if (folder / "subset_ids.txt").is_file() else run(member)
+    for member in members.values():
+        complete(member)
     write_suite_summary(suite_dir, card, config)
     return suite_dir
 

@@ -29,7 +29,6 @@ import yaml
 from vlm_eval import results
 from vlm_eval.config import EvalConfig, config_values
 from vlm_eval.errors import VlmEvalError
-from vlm_eval.run.folder import merged
 from vlm_eval.run.shard import Shard
 
 log = logging.getLogger(__name__)
@@ -87,24 +86,18 @@ def load_sweep(path: Path) -> Sweep:
 def run_sweep(sweep: Sweep, shard: Shard = Shard()) -> tuple[list[Path], list[str]]:
     """Run every cell not finished yet; (finished cell folders, failures as 'cell: error')."""
     from vlm_eval.run.models import keeping_vlm_loaded
-    from vlm_eval.run.runner import resume, run
+    from vlm_eval.run.runner import complete
 
     sweep.output_dir.mkdir(parents=True, exist_ok=True)
     _record(sweep)
     done, failed = [], []
     with keeping_vlm_loaded():
         for name, config in sweep.cells():
-            folder = sweep.output_dir / name
-            if merged(folder):
-                log.warning("sweep: %s is finished, skipped", name)
-            else:
-                try:
-                    resume(folder, shard) if (folder / "subset_ids.txt").is_file() else run(config, shard=shard)
-                except VlmEvalError as exc:
-                    log.error("sweep: %s failed: %s", name, exc)
-                    failed.append(f"{name}: {exc}")
-                    continue
-            done.append(folder)
+            try:
+                done.append(complete(config, shard))
+            except VlmEvalError as exc:
+                log.error("sweep: %s failed: %s", name, exc)
+                failed.append(f"{name}: {exc}")
     return done, failed
 
 

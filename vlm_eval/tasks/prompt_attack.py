@@ -55,7 +55,7 @@ def bert_prompts(classifier: object, prompts: object, pixels: torch.Tensor, labe
     candidate of a sample against its image's features, computed once."""
     n, per_sample = len(labels), len(prompts.templates)
     texts = prompts.texts(labels.tolist())
-    clean = prompts.features(prompts.tokenize(texts).to(prompts.token_embedding.device)).view(n, per_sample, -1)
+    clean = prompts.encode(texts).view(n, per_sample, -1)
     images = F.normalize(classifier.embed(pixels.to(classifier.device)), dim=-1)
     labels = labels.to(images.device)
 
@@ -63,10 +63,10 @@ def bert_prompts(classifier: object, prompts: object, pixels: torch.Tensor, labe
         owner = torch.tensor(owners, device=images.device)
         sample, slot = owner // per_sample, owner % per_sample
         sets = clean[sample].clone()
-        sets[torch.arange(len(owners)), slot] = prompts.features(prompts.tokenize(candidates).to(sets.device))
+        sets[torch.arange(len(owners)), slot] = prompts.encode(candidates)
         logits = classifier.logits_of_features(images[sample], labels[sample], prompts.class_weights_of(sets.flatten(0, 1)))
         return F.cross_entropy(logits, labels[sample], reduction="none")
 
     chosen = bert_attack(texts, *masked_lm, loss_of_texts)
-    weights = prompts.class_weights_of(prompts.features(prompts.tokenize(chosen).to(clean.device)))
+    weights = prompts.class_weights_of(prompts.encode(chosen))
     return weights, [chosen[i * per_sample : (i + 1) * per_sample] for i in range(n)]
