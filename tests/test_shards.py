@@ -123,8 +123,13 @@ class Process:
         records = run_dir / "shards" / f"{tag}.jsonl"
         if not (records.is_file() and records.read_text().count("\n") >= 2):
             return False
-        held = [int(claim.name[len("batch-"):].split(".")[0]) for claim in (run_dir / "claims").glob("batch-*")
-                if claim.read_text().startswith(f"{tag}:")]
+        held = []
+        for claim in (run_dir / "claims").glob("batch-*"):
+            try:
+                if claim.read_text().startswith(f"{tag}:"):
+                    held.append(int(claim.name[len("batch-"):].split(".")[0]))
+            except FileNotFoundError:  # given back as we looked
+                continue
         ids = (run_dir / "subset_ids.txt").read_text().split()
         return any(snapshot_file(run_dir, ids[2 * batch : 2 * batch + 2]).is_file() for batch in held)
 

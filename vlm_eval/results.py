@@ -56,8 +56,8 @@ def swap_in(path: Path, write: Callable[[Path], None]) -> None:
 
 def create_once(path: Path, text: str) -> bool:
     """Write `path` only if it does not exist, whole or not at all (of processes racing, one wins);
-    False if it existed. The text goes to a private file first, then is hard-linked into place."""
-    private = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    False if it existed. The text goes to a private (hidden) file first, then is hard-linked into place."""
+    private = path.with_name(f".{path.name}.{os.getpid()}.partial")
     private.write_text(text)
     try:
         os.link(private, path)
