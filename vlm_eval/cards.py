@@ -50,6 +50,7 @@ class VlmCard:
     description: str = ""
     build: dict[str, Any] | None = None  # architecture of a random-weight model (tests, demo)
     path: str | None = None  # a local transformers checkpoint folder, relative to the card (shipped models)
+    settings: dict[str, Any] | None = None  # the family's own settings (OpenFlamingo: checkpoint, language model)
     # The semantic checks' models for runs of this VLM (docs/semantic.md): an encoder card with a text
     # tower, and a sentence-transformers hub id or folder ("reference": the reference CLIP's text tower).
     reference_encoder: str = "openai"
@@ -81,6 +82,8 @@ class TaskCard:
     answer_comma_cut: bool = True  # --postprocess openflamingo cuts answers at ", " (its OK-VQA clean-up does not)
     aliases: tuple[str, ...] = ()
     members: tuple[str, ...] = ()  # a suite's task cards
+    # where in-context demonstrations come from (VLMs that take them): {split: train, files: {KEY: PATH or null}}
+    demonstrations: dict[str, Any] | None = None
     card_path: str | None = None
 
 

@@ -105,9 +105,12 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at a bad sample instead of skipping it")
     p.add_argument("--vqa-normalize", choices=("official", "always"), default=defaults.vqa_normalize,
                    help="official VQA answer normalisation, or 'always' (as OpenFlamingo / RobustVLM)")
-    p.add_argument("--postprocess", choices=("llava", "openflamingo"), default=defaults.postprocess,
+    p.add_argument("--postprocess", choices=("auto", "llava", "openflamingo"), default=defaults.postprocess,
                    help="clean-up of answers and captions before scoring: LLaVA's own evaluation, or OpenFlamingo's "
-                        "(as RobustVLM applies it to LLaVA too)")
+                        "(as RobustVLM applies it to LLaVA too); default: the VLM's own")
+    p.add_argument("--shots", type=int, default=defaults.shots,
+                   help="in-context demonstrations for VLMs that take them (OpenFlamingo): 0 (default) is its "
+                        "'0-shot' with two text-only demonstrations from the task's training split")
     _add_attack_arguments(p, defaults)
     _add_defense_arguments(p, defaults)
     _add_semantic_arguments(p)

@@ -33,7 +33,8 @@ class EvalConfig:
     allow_download: bool = False  # offline unless asked
     strict: bool = False  # fail on a bad sample instead of skipping it
     vqa_normalize: str = "official"  # "official" VQA answer normalisation, or "always" (OpenFlamingo's)
-    postprocess: str = "llava"  # answer / caption clean-up: LLaVA's own evaluation, or "openflamingo" (RobustVLM)
+    postprocess: str = "auto"  # answer / caption clean-up: "llava", "openflamingo" (RobustVLM), auto: the VLM's own
+    shots: int = 0  # in-context demonstrations for VLMs that take them (OpenFlamingo; 0: its two text-only ones)
     encoder_arch: str = "ViT-L-14-quickgelu"  # architecture of an encoder given as a path
     attack: str = "none"  # none, or a registered attack (pgd, apgd) on the image
     eps: str = "4/255"  # the attack's radius, as written

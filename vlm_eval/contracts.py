@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypedDict
 
 if TYPE_CHECKING:
     import torch
@@ -37,10 +37,11 @@ class Batch:
     ids: list[str]
     pixels: torch.Tensor  # (B, 3, H, W), float, values in [0, 1], not normalised
     prompts: list[str]  # one formatted prompt per sample, each with exactly one "<image>"
+    kind: str = ""  # the prompt kind ("caption", "vqa", ...): some families generate differently per kind
 
     def select(self, rows: list[int], pixels: torch.Tensor) -> Batch:
         """Samples `rows` of this batch, with other images (attacked ones, say)."""
-        return Batch([self.ids[i] for i in rows], pixels, [self.prompts[i] for i in rows])
+        return Batch([self.ids[i] for i in rows], pixels, [self.prompts[i] for i in rows], self.kind)
 
 
 @dataclass
@@ -122,7 +123,8 @@ class VLM(Protocol):
 
     def preprocess(self, image: Image.Image) -> torch.Tensor: ...  # (3, S, S) in [0, 1], the family's geometry
 
-    def prompt(self, kind: str, question: str | None = None) -> str: ...
+    def prompt(self, kind: str, question: str | None = None,
+               demonstrations: Sequence[tuple[str | None, str]] = ()) -> str: ...  # (question, answer) pairs first
 
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]: ...
 
@@ -141,6 +143,9 @@ class VlmFamily(Protocol):
     """What the wiring asks of a VLM family (`VLM_FAMILIES`)."""
 
     prompts: tuple[str, ...]  # the prompt kinds a task card may name
+    postprocess: str  # its own evaluation's clean-up of outputs ("llava", "openflamingo"): --postprocess auto
+
+    def demonstrations(self, shots: int) -> tuple[int, bool]: ...  # --shots -> (per prompt, carrying images)
 
     def encoder_swapped(self, resolution: int, encoder: str) -> bool: ...  # else the VLM's own tower
 

@@ -10,6 +10,7 @@ defence applied after), or *adaptive* with `--adaptive` (through the defence, it
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -116,11 +117,11 @@ class DefendedVLM(Defended):
     def dtype(self) -> torch.dtype:
         return self.vlm.dtype
 
-    def prompt(self, kind: str, question: str | None = None) -> str:
-        return self.vlm.prompt(kind, question)
+    def prompt(self, kind: str, question: str | None = None, demonstrations: Sequence[tuple] = ()) -> str:
+        return self.vlm.prompt(kind, question, demonstrations)
 
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
-        return self.vlm.generate(Batch(batch.ids, self.defense(batch.pixels), batch.prompts), max_new_tokens)
+        return self.vlm.generate(Batch(batch.ids, self.defense(batch.pixels), batch.prompts, batch.kind), max_new_tokens)
 
     def loss_closure(self, batch: Batch, targets: list[str]) -> LossFn:
         """Adaptive: the loss through the defence, averaged over `eot_samples` draws; otherwise the undefended."""

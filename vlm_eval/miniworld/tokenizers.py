@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from vlm_eval.miniworld.language import fixed_texts
 from vlm_eval.vlms.llava.prompts import INSTRUCTIONS, VICUNA_SYSTEM
+from vlm_eval.vlms.openflamingo.prompts import CHUNKS
 
 LLAVA_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 CLIP_START, CLIP_END = "<start_of_text>", "<end_of_text>"
@@ -41,6 +42,23 @@ def llava_tokenizer():
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
     )
+
+
+def flamingo_tokenizer():
+    """The mini Flamingo's tokenizer, shaped like GPT-NeoX's: `<|endoftext|>` (id 0) as BOS, EOS and
+    unknown, no pad token and no BOS prepended; the OpenFlamingo loader adds its own tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    end = "<|endoftext|>"
+    vocab = {end: 0}
+    prompt_texts = [c.format(question="", answer="") for c in CHUNKS.values()]
+    for word in words(fixed_texts() + prompt_texts, lowercase=False):
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=end))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer.add_special_tokens([end])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=end, eos_token=end, unk_token=end)
 
 
 def clip_tokenizer() -> Tokenizer:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 from vlm_eval import cards
 from vlm_eval.cards import EncoderCard, TaskCard, VlmCard
-from vlm_eval.config import EvalConfig
+from vlm_eval.config import PROTOCOL_SEED, EvalConfig
 from vlm_eval.errors import MissingResourceError, VlmEvalError
 from vlm_eval.run.folder import check_run_dir
 from vlm_eval.run.shard import Shard
@@ -72,10 +72,12 @@ class Plan:
 
 def resolve(config: EvalConfig, shard: Shard = Shard()) -> Plan:
     """Cards, device, precision, task and attack; raises a `VlmEvalError` for anything unknown."""
+    from vlm_eval.tasks import TASK_TYPES
+
     task_card = cards.load_card("tasks", config.task)
-    task = make_task(config, task_card)
-    classifier = task.model_kind == "classifier"
+    classifier = TASK_TYPES.get(task_card.type).model_kind == "classifier"
     vlm_card = None if classifier else cards.load_card("vlms", config.vlm)
+    task = make_task(config, task_card, None if classifier else vlm_family(vlm_card))
     swapped = classifier or vlm_family(vlm_card).encoder_swapped(config.resolution, config.encoder)
     encoder_card = load_encoder_card(config) if swapped else None
     if not classifier and task_card.prompt not in vlm_family(vlm_card).prompts:
@@ -111,14 +113,24 @@ def resolve_defense(config: EvalConfig,
     return defense, card_from_spec(tau_name, config.encoder_arch) or cards.load_card("encoders", tau_name)
 
 
-def make_task(config: EvalConfig, card: TaskCard) -> TaskType:
+def make_task(config: EvalConfig, card: TaskCard, family: VlmFamily | None) -> TaskType:
+    """The task of the card; a VLM's family supplies the default clean-up and the demonstrations per prompt."""
     from vlm_eval.tasks import TASK_TYPES
 
-    options = {"vqa_normalize": config.vqa_normalize, "postprocess": config.postprocess, "masked_lm": config.masked_lm}
+    postprocess = config.postprocess if config.postprocess != "auto" or family is None else family.postprocess
+    options = {"vqa_normalize": config.vqa_normalize, "postprocess": postprocess, "masked_lm": config.masked_lm}
     try:
-        return TASK_TYPES.get(card.type)(card, options)
+        task = TASK_TYPES.get(card.type)(card, options)
     except ValueError as exc:
         raise VlmEvalError(f"task {card.name!r}: {exc}") from exc
+    if family is not None:
+        per_sample, with_images = family.demonstrations(config.shots)
+        if with_images:
+            raise VlmEvalError(f"--shots {config.shots}: demonstrations that carry images are not supported yet; "
+                               "--shots 0 (two text-only demonstrations) is the FARE / Sim-CLIP protocol")
+        task.want_demonstrations(per_sample, config.seed if config.seed is not None else PROTOCOL_SEED,
+                                 optional_path(config.data_root))
+    return task
 
 
 def vlm_family(card: VlmCard) -> VlmFamily:

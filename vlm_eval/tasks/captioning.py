@@ -40,4 +40,5 @@ class Captioning(GenerationTask):
         return {"cider": corpus}, per_item
 
     def options(self) -> dict[str, Json]:
-        return {"postprocess": self.postprocess_style, "max_new_tokens": self.card.max_new_tokens}
+        return {"postprocess": self.postprocess_style, "max_new_tokens": self.card.max_new_tokens,
+                **self.demonstration_options()}

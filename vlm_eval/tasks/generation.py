@@ -21,6 +21,8 @@ from vlm_eval.tasks.scoring import score_records
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from vlm_eval.tasks.demonstrations import Demonstrations
+
     from vlm_eval.attacks.schedule import Run
 
     from vlm_eval.cards import TaskCard
@@ -38,12 +40,30 @@ class GenerationTask:
     metric: str
     model_kind = "vlm"
     card: TaskCard
+    demonstrations: Demonstrations | None = None  # in-context demonstrations, for VLMs that take them
+    _wanted: tuple[int, int, Path | None] | None = None
 
     def check_requirements(self) -> None:
         pass
 
+    def want_demonstrations(self, per_sample: int, seed: int, data_root: Path | None) -> None:
+        """Give each prompt `per_sample` demonstrations from the task's training split (read by `setup`)."""
+        self._wanted = (per_sample, seed, data_root) if per_sample else None
+
     def setup(self, files: dict[str, Path]) -> None:
-        pass
+        if self._wanted is not None:
+            from vlm_eval.tasks.demonstrations import read_demonstrations
+
+            self.demonstrations = read_demonstrations(self.card, self._wanted[2], *self._wanted[:2])
+
+    def demonstration_options(self) -> dict[str, Json]:
+        return {} if self._wanted is None else {"demonstrations": self._wanted[0]}
+
+    def prompt_of(self, vlm: VLM, sample: Sample) -> str:
+        kind, question = self.prompt_args(sample)
+        if self.demonstrations is None:
+            return vlm.prompt(kind, question)
+        return vlm.prompt(kind, question, self.demonstrations.of(sample))
 
     def prompt_args(self, sample: Sample) -> tuple[str, str | None]:
         raise NotImplementedError
@@ -59,7 +79,7 @@ class GenerationTask:
 
     def evaluate_batch(self, vlm: VLM, samples: list[Sample], pixels: torch.Tensor, step: Step) -> list[Record]:
         """The batch's records: the clean outputs and, in an attacked run, the adversarial ones with their checks."""
-        batch = Batch([s.id for s in samples], pixels, [vlm.prompt(*self.prompt_args(s)) for s in samples])
+        batch = Batch([s.id for s in samples], pixels, [self.prompt_of(vlm, s) for s in samples], self.card.prompt)
         with precision(vlm.device, step.attack.clean_precision if step.attack else "model"):
             outputs = vlm.generate(batch, self.card.max_new_tokens)
         records = [self.record(s, raw) for s, raw in zip(samples, outputs)]
@@ -85,7 +105,7 @@ class GenerationTask:
     def replayed(self, vlm: VLM, batch: Batch, samples: list[Sample], step: Step) -> Attacked:
         """What the VLM says on the images another run saved (`--from-adversarial`)."""
         pixels = step.replay.load(batch.ids)
-        outputs = vlm.generate(Batch(batch.ids, pixels, batch.prompts), self.card.max_new_tokens)
+        outputs = vlm.generate(Batch(batch.ids, pixels, batch.prompts, batch.kind), self.card.max_new_tokens)
         fields = [{"target": self.attack_texts(s)[0], "loss": None, "steps": None, "attack": step.replay.name}
                   for s in samples]
         return Attacked(pixels, outputs, fields)

@@ -43,4 +43,4 @@ class VQA(GenerationTask):
 
     def options(self) -> dict[str, Json]:
         return {"vqa_normalize": self.normalize, "postprocess": self.postprocess_style,
-                "max_new_tokens": self.card.max_new_tokens}
+                "max_new_tokens": self.card.max_new_tokens, **self.demonstration_options()}

@@ -25,6 +25,12 @@ NATIVE_ENCODERS = ("openai", "clip", "native")  # names that may stand for LLaVA
 
 class LlavaFamily:
     prompts = tuple(INSTRUCTIONS)
+    postprocess = "llava"  # LLaVA's own evaluation's clean-up
+
+    def demonstrations(self, shots: int) -> tuple[int, bool]:
+        if shots:
+            raise VlmEvalError(f"--shots {shots}: LLaVA-1.5 is evaluated without in-context demonstrations")
+        return 0, False
 
     def encoder_swapped(self, resolution: int, encoder: str) -> bool:
         """224 px: the encoder replaces the tower (the robust-encoder protocol); else LLaVA's own tower."""

@@ -11,6 +11,8 @@ Pixels enter in [0, 1] (the attack's space); the CLIP mean/std normalisation hap
 from __future__ import annotations
 
 import logging
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
@@ -59,7 +61,9 @@ class LlavaAdapter:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def prompt(self, kind: str, question: str | None = None) -> str:
+    def prompt(self, kind: str, question: str | None = None, demonstrations: Sequence[tuple] = ()) -> str:
+        if demonstrations:
+            raise ValueError("LLaVA-1.5 prompts take no in-context demonstrations")
         return llava_prompt(kind, question)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
