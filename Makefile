@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	# the reference APGD the attack tests compare with; --no-deps: it pins requests 2.25 but never imports it
 	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
+	# the reference OpenFlamingo its logits are compared with; --no-deps: it pins torch 2.0.1, runs on ours
+	$(PY) -m pip install --quiet --no-deps open-flamingo==2.0.1 einops-exts==0.0.4 einops==0.8.2
 	touch $@
 
 demo: install

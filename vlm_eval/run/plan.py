@@ -124,12 +124,8 @@ def make_task(config: EvalConfig, card: TaskCard, family: VlmFamily | None) -> T
     except ValueError as exc:
         raise VlmEvalError(f"task {card.name!r}: {exc}") from exc
     if family is not None:
-        per_sample, with_images = family.demonstrations(config.shots)
-        if with_images:
-            raise VlmEvalError(f"--shots {config.shots}: demonstrations that carry images are not supported yet; "
-                               "--shots 0 (two text-only demonstrations) is the FARE / Sim-CLIP protocol")
-        task.want_demonstrations(per_sample, config.seed if config.seed is not None else PROTOCOL_SEED,
-                                 optional_path(config.data_root))
+        seed = config.seed if config.seed is not None else PROTOCOL_SEED
+        task.want_demonstrations(*family.demonstrations(config.shots), seed, optional_path(config.data_root))
     return task
 
 

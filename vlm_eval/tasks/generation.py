@@ -15,6 +15,7 @@ from vlm_eval.attacks.executor import Worst, execute, precision
 from vlm_eval.attacks.snapshot import BatchSnapshot
 from vlm_eval.contracts import VLM, Batch, Json, LossFn, Record, Step
 from vlm_eval.data.samples import Sample
+from vlm_eval.errors import VlmEvalError
 from vlm_eval.results import save_adversarial
 from vlm_eval.tasks.scoring import score_records
 
@@ -46,8 +47,11 @@ class GenerationTask:
     def check_requirements(self) -> None:
         pass
 
-    def want_demonstrations(self, per_sample: int, seed: int, data_root: Path | None) -> None:
+    def want_demonstrations(self, per_sample: int, with_images: bool, seed: int, data_root: Path | None) -> None:
         """Give each prompt `per_sample` demonstrations from the task's training split (read by `setup`)."""
+        if with_images:
+            raise VlmEvalError(f"{per_sample} demonstrations with their images (--shots {per_sample}) are not "
+                               "supported yet; --shots 0 (two text-only demonstrations) is the FARE / Sim-CLIP protocol")
         self._wanted = (per_sample, seed, data_root) if per_sample else None
 
     def setup(self, files: dict[str, Path]) -> None:

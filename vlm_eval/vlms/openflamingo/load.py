@@ -23,6 +23,7 @@ from vlm_eval.vlms.openflamingo.prompts import END_OF_CHUNK, IMAGE
 from vlm_eval.vlms.openflamingo.status import checkpoint_location, how_to_get, language_model_location
 
 FLAMINGO_TOKENS = (END_OF_CHUNK, IMAGE)
+RENAMED = {"gpt_neox": {"lang_encoder.embed_out.weight": "lang_encoder.lm_head.weight"}}  # published -> transformers 5
 
 
 def load_openflamingo(card: VlmCard, encoder: ImageEncoder | None, dtype: torch.dtype, device: str,
@@ -131,15 +132,17 @@ def canonical_keys(state: dict[str, torch.Tensor], model: FlamingoModel) -> dict
     OpenFlamingo's model holds two aliases that some of its saved files keep: `lang_encoder.
     gated_cross_attn_layers.{i}` (the cross-attention of decoder layer i, mapped here) and
     `lang_encoder.old_decoder_blocks.{i}` (the frozen decoder layers, which the language model's own
-    weights provide: dropped).
+    weights provide: dropped). transformers 5 calls GPT-NeoX's output embedding `lm_head` (`embed_out` before).
     """
     from vlm_eval.vlms.openflamingo.model import DECODER_LAYERS
 
-    layers = DECODER_LAYERS[model.lang_encoder.config.model_type]
+    model_type = model.lang_encoder.config.model_type
+    layers, renamed = DECODER_LAYERS[model_type], RENAMED.get(model_type, {})
     canonical = {}
     for key, tensor in state.items():
         if key.startswith("lang_encoder.old_decoder_blocks."):
             continue
+        key = renamed.get(key, key)
         if key.startswith("lang_encoder.gated_cross_attn_layers."):
             index, rest = key.removeprefix("lang_encoder.gated_cross_attn_layers.").split(".", 1)
             key = f"lang_encoder.{layers}.{index}.gated_cross_attn_layer.{rest}"

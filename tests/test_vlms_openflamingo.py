@@ -1,0 +1,199 @@
+"""The toolkit's own OpenFlamingo on tiny random weights of the real architecture (gates opened):
+checkpoint keys as published, media masking, prompts and losses as RobustVLM builds them, the
+reference `open_flamingo` package's logits, demonstrations, and the missing-weights message."""
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from vlm_eval import cards
+from vlm_eval.cli import main
+from vlm_eval.data.samples import Sample
+from vlm_eval.errors import CheckpointError, VlmEvalError
+from vlm_eval.tasks.demonstrations import Demonstrations, demonstration_card
+from vlm_eval.vlms import VLM_FAMILIES
+from vlm_eval.vlms.openflamingo.load import load_checkpoint
+from vlm_eval.vlms.openflamingo.model import FlamingoModel, decoder_layers
+from vlm_eval.vlms.openflamingo.tiny import open_gates
+
+
+def load(name: str):
+    card = cards.load_card("vlms", name)
+    return VLM_FAMILIES.get(card.family).load(card, None, torch.float32, "cpu", False)
+
+
+@pytest.fixture(scope="module")
+def mpt():
+    return load("tiny-random-openflamingo")
+
+
+@pytest.fixture(scope="module")
+def neox():
+    return load("tiny-random-openflamingo-neox")
+
+
+def test_checkpoint_keys_are_the_published_names(mpt, neox):
+    keys = set(mpt.model.checkpoint_keys())
+    for key in ("perceiver.latents", "perceiver.layers.1.0.norm_media.bias", "perceiver.layers.0.0.to_kv.weight",
+                "perceiver.layers.0.1.3.weight", "perceiver.norm.weight", "lang_encoder.transformer.wte.weight",
+                "lang_encoder.transformer.blocks.1.gated_cross_attn_layer.attn.to_q.weight",
+                "lang_encoder.transformer.blocks.0.gated_cross_attn_layer.attn_gate",
+                "lang_encoder.transformer.blocks.0.gated_cross_attn_layer.ff.3.weight"):
+        assert key in keys
+    assert not any(".decoder_layer." in k or k.startswith("vision_encoder") for k in keys)
+    neox_keys = set(neox.model.checkpoint_keys())  # untied embeddings, cross-attention before every 2nd layer
+    assert {"lang_encoder.gpt_neox.embed_in.weight", "lang_encoder.lm_head.weight"} <= neox_keys  # embed_out: renamed
+    assert any("layers.1.gated_cross_attn_layer" in k for k in neox_keys)
+    assert not any("layers.0.gated_cross_attn_layer" in k for k in neox_keys)
+    assert mpt.model.lang_encoder.get_input_embeddings().num_embeddings == len(mpt.tokenizer) == 256 + 1 + 3
+
+
+def test_a_checkpoint_loads_strictly_and_a_wrong_one_lists_its_keys(mpt, tmp_path):
+    state = {k: v.clone() for k, v in mpt.model.state_dict().items() if k in mpt.model.checkpoint_keys()}
+    state["lang_encoder.old_decoder_blocks.0.norm_1.weight"] = torch.ones(64)  # an alias upstream files may keep
+    path = tmp_path / "checkpoint.pt"
+    torch.save(state, path)
+    fresh = copy.deepcopy(mpt.model)
+    open_gates(fresh, 0.1, seed=7)
+    assert not torch.equal(fresh.perceiver.latents, mpt.model.perceiver.latents)
+    load_checkpoint(fresh, path)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, mpt.model.state_dict()[key]), key
+    del state["perceiver.norm.weight"]
+    state["perceiver.extra"] = torch.zeros(1)
+    state["lang_encoder.transformer.wte.weight"] = torch.zeros(3, 64)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(fresh, path)
+    assert "missing keys (1): perceiver.norm.weight" in str(error.value)
+    assert "unexpected keys (1): perceiver.extra" in str(error.value)
+    assert "lang_encoder.transformer.wte.weight: (3, 64) in the file, (260, 64) in the model" in str(error.value)
+
+
+def test_a_gpt_neox_checkpoint_by_its_published_names_loads(neox, tmp_path):
+    state = {k: v.clone() for k, v in neox.model.state_dict().items() if k in neox.model.checkpoint_keys()}
+    state["lang_encoder.embed_out.weight"] = state.pop("lang_encoder.lm_head.weight")
+    state = {k.replace("gpt_neox.layers.1.gated_cross_attn_layer", "gated_cross_attn_layers.1"): v for k, v in state.items()}
+    torch.save({"model_state_dict": state}, tmp_path / "checkpoint.pt")
+    fresh = copy.deepcopy(neox.model)
+    open_gates(fresh, 0.1, seed=7)
+    load_checkpoint(fresh, tmp_path / "checkpoint.pt")
+    assert torch.equal(fresh.lang_encoder.lm_head.weight, neox.model.lang_encoder.lm_head.weight)
+    key = "lang_encoder.gpt_neox.layers.1.gated_cross_attn_layer.attn.to_q.weight"
+    assert torch.equal(fresh.state_dict()[key], neox.model.state_dict()[key])
+
+
+def test_text_before_the_image_never_sees_it_and_text_after_does(mpt):
+    prompt = mpt.prompt("caption", None, [(None, "a red square"), (None, "two blue circles")])
+    ids = torch.tensor([mpt._ids(prompt + "a green cross")])
+    image_at = ids[0].tolist().index(mpt.image_id)
+    pixels = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    logits = [mpt.model(mpt.normalize(p[None]), input_ids=ids).logits[0] for p in pixels]
+    assert torch.allclose(logits[0][:image_at], logits[1][:image_at], atol=1e-6)
+    assert not torch.allclose(logits[0][image_at:], logits[1][image_at:], atol=1e-3)
+
+
+def test_cached_generation_attends_to_the_prompts_last_image(mpt):
+    """KV-cached steps carry no <image> token: they must read the prompt's image, as a full forward does."""
+    ids = torch.tensor([mpt._ids(mpt.prompt("vqa", "What is it?"))])
+    latents = mpt.model.image_latents(mpt.normalize(torch.rand(1, 3, 224, 224)))
+    outputs = []
+    for cache in (True, False):
+        with mpt.model.conditioned(latents):
+            outputs.append(mpt.model.lang_encoder.generate(input_ids=ids, max_new_tokens=6, do_sample=False,
+                                                          use_cache=cache, pad_token_id=mpt.pad_id))
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_prompts_render_as_robustvlm_builds_them(mpt):
+    demos = [(None, "a red: square"), (None, "one cross")]
+    assert mpt.prompt("caption", None, demos) == (
+        "Output:a red square<|endofchunk|>Output:one cross<|endofchunk|><image>Output:")
+    assert mpt.prompt("vqa", "What colour is it?", [("How many?", "2")]) == (
+        "Question:How many? Short answer:2<|endofchunk|><image>Question:What colour is it? Short answer:")
+
+
+def test_the_loss_is_the_summed_ce_of_the_answer_after_the_last_colon(mpt):
+    prompt = mpt.prompt("vqa", "Is it red? Look:", [("How many?", "2")])
+    ids, labels = mpt.labelled_ids(prompt, "yes: sure")
+    kept = [t for t, label in zip(ids, labels) if label != -100]
+    assert mpt.tokenizer.decode(kept) == "yes sure"  # no <|endofchunk|>, no colon, nothing before the last colon
+    pixels = torch.rand(1, 3, 224, 224)
+    from vlm_eval.contracts import Batch
+
+    loss = mpt.loss_closure(Batch(["0"], pixels, [prompt], "vqa"), ["yes: sure"])(pixels)
+    logits = mpt.model(mpt.normalize(pixels), input_ids=torch.tensor([ids])).logits[0, :-1]
+    wanted = torch.tensor(labels[1:])
+    by_hand = torch.nn.functional.cross_entropy(logits, wanted, ignore_index=-100, reduction="sum")
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_logits_agree_with_the_reference_open_flamingo_package(mpt):
+    """The published package (installed without its pins) on the same tiny weights, at its own sizes."""
+    reference = pytest.importorskip("open_flamingo.src.flamingo")
+    from open_flamingo.src.flamingo_lm import FlamingoLMMixin
+    from open_flamingo.src.utils import extend_instance
+
+    ours = FlamingoModel(copy.deepcopy(mpt.model.vision_encoder), copy.deepcopy(unwrapped(mpt.model.lang_encoder)),
+                         mpt.image_id, 64, cross_attn_every_n_layers=1)
+    open_gates(ours, 0.5, seed=3)
+    lm = copy.deepcopy(unwrapped(mpt.model.lang_encoder))
+    extend_instance(lm, FlamingoLMMixin)
+    lm.set_decoder_layers_attr_name("transformer.blocks")
+    clip = torch.nn.Module()  # upstream takes the whole CLIP and keeps its `.visual`
+    clip.visual = copy.deepcopy(mpt.model.vision_encoder)
+    theirs = reference.Flamingo(clip, lm, mpt.end_of_chunk_id, mpt.image_id, vis_dim=64, cross_attn_every_n_layers=1)
+    their_keys = {k for k in theirs.state_dict() if not k.startswith(("vision_encoder.", "lang_encoder.old_decoder_blocks.",
+                                                                       "lang_encoder.gated_cross_attn_layers."))}
+    assert their_keys == {k for k in ours.state_dict() if not k.startswith("vision_encoder.")}
+    theirs.load_state_dict(ours.state_dict(), strict=False)
+    prompts = [mpt.prompt("caption", None, [(None, "a red square")] * 2), mpt.prompt("vqa", "What is it?")]
+    ids, mask = mpt._left_pad([mpt._ids(p) for p in prompts])
+    pixels = mpt.normalize(torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        expected = theirs(pixels.unsqueeze(2), ids, attention_mask=mask.bool()).logits
+        got = ours(pixels, input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert torch.allclose(got[real], expected[real], atol=1e-4)
+
+
+def unwrapped(lm):
+    """A copy of the language model with its plain decoder layers."""
+    lm = copy.deepcopy(lm)
+    layers = decoder_layers(lm)
+    for i, layer in enumerate(layers):
+        layers[i] = layer.decoder_layer
+    return lm
+
+
+def test_demonstrations_are_drawn_per_sample_from_the_seeded_query_set():
+    pool = [Sample(str(i), None, (f"caption {i} ", "other"), attack_texts=(f" first {i} ", "x")) for i in range(50)]
+    demos = Demonstrations(pool, per_sample=2, seed=42)
+    query = Sample("q7", None, ("ref",))
+    assert demos.of(query) == Demonstrations(list(pool), 2, 42).of(query)  # a sample's own, whatever the batch
+    assert demos.of(query) != demos.of(Sample("q8", None, ("ref",))) or demos.of(query) != demos.of(Sample("q9", None, ("r",)))
+    assert all(answer.startswith("first ") and not answer.endswith(" ") for _, answer in demos.of(query))
+    vqa = Demonstrations([Sample("1", None, ("yes", "no"), question="Is it?")], per_sample=1, seed=0)
+    assert vqa.of(query) == [("Is it?", "yes")]  # the first human answer, as OpenFlamingo
+    with pytest.raises(VlmEvalError, match="demonstrations: {split: train}"):
+        demonstration_card(dataclasses.replace(cards.load_card("tasks", "mini-coco"), demonstrations=None))
+
+
+def test_an_openflamingo_run_prompts_with_two_text_only_demonstrations(tmp_path):
+    out = tmp_path / "run"
+    args = ["--vlm", "tiny-random-openflamingo", "--encoder", "tiny-random", "--task", "mini-vqa", "--n-samples", "3",
+            "--batch-size", "2", "--output-dir", str(out)]
+    assert main(args) == 0
+    resolved = json.loads((out / "summary.json").read_text())["config"]["resolved"]
+    assert resolved["demonstrations"] == 2 and resolved["postprocess"] == "openflamingo"
+    assert main([*args[:-2], "--shots", "4", "--output-dir", str(tmp_path / "r4")]) == 2
+
+
+def test_openflamingo_without_weights_names_the_checkpoint_the_language_model_and_how(tmp_path, empty_hub_cache, capsys):
+    assert main(["--vlm", "openflamingo-9b", "--encoder", "fare4", "--task", "coco", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "hf download openflamingo/OpenFlamingo-9B-vitl-mpt7b checkpoint.pt" in err
+    assert "hf download anas-awadalla/mpt-7b" in err and "Traceback" not in err
