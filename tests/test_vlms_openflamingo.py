@@ -11,6 +11,7 @@ import torch
 
 from vlm_eval import cards
 from vlm_eval.cli import main
+from vlm_eval.contracts import Batch
 from vlm_eval.data.samples import Sample
 from vlm_eval.errors import CheckpointError, VlmEvalError
 from vlm_eval.tasks.demonstrations import Demonstrations, demonstration_card
@@ -108,6 +109,23 @@ def test_cached_generation_attends_to_the_prompts_last_image(mpt):
     assert torch.equal(outputs[0], outputs[1])
 
 
+def test_demonstrations_images_enter_as_constants_and_only_the_query_is_attacked(mpt):
+    generator = torch.Generator().manual_seed(2)
+    pixels, context = torch.rand(2, 3, 224, 224, generator=generator), torch.rand(2, 2, 3, 224, 224, generator=generator)
+    prompt = mpt.prompt("caption", None, [(None, "a red square"), (None, "two crosses")], with_images=True)
+    assert prompt == "<image>Output:a red square<|endofchunk|><image>Output:two crosses<|endofchunk|><image>Output:"
+    batch, targets = Batch(["a", "b"], pixels, [prompt] * 2, "caption", context), ["one cross", "a blue circle"]
+    x = pixels.clone().requires_grad_(True)
+    loss = mpt.loss_closure(batch, targets)(x)
+    (grad,) = torch.autograd.grad(loss[0], x)  # the closure's only input is the query image
+    assert grad[0].abs().sum() > 0 and grad[1].abs().max() == 0
+    other = mpt.loss_closure(dataclasses.replace(batch, context=context.flip(1)), targets)(pixels)
+    assert not torch.allclose(loss.detach(), other)  # the demonstrations' images are read
+    single = batch.select([1], pixels[1:])
+    assert mpt.loss_closure(single, targets[1:])(pixels[1:]).item() == pytest.approx(loss[1].item(), abs=1e-5)
+    assert mpt.generate(single, 4) == mpt.generate(batch, 4)[1:]
+
+
 def test_prompts_render_as_robustvlm_builds_them(mpt):
     demos = [(None, "a red: square"), (None, "one cross")]
     assert mpt.prompt("caption", None, demos) == (
@@ -122,8 +140,6 @@ def test_the_loss_is_the_summed_ce_of_the_answer_after_the_last_colon(mpt):
     kept = [t for t, label in zip(ids, labels) if label != -100]
     assert mpt.tokenizer.decode(kept) == "yes sure"  # no <|endofchunk|>, no colon, nothing before the last colon
     pixels = torch.rand(1, 3, 224, 224)
-    from vlm_eval.contracts import Batch
-
     loss = mpt.loss_closure(Batch(["0"], pixels, [prompt], "vqa"), ["yes: sure"])(pixels)
     logits = mpt.model(mpt.normalize(pixels), input_ids=torch.tensor([ids])).logits[0, :-1]
     wanted = torch.tensor(labels[1:])
@@ -171,12 +187,12 @@ def unwrapped(lm):
 
 def test_demonstrations_are_drawn_per_sample_from_the_seeded_query_set():
     pool = [Sample(str(i), None, (f"caption {i} ", "other"), attack_texts=(f" first {i} ", "x")) for i in range(50)]
-    demos = Demonstrations(pool, per_sample=2, seed=42)
+    demos = Demonstrations(pool, per_sample=2, with_images=False, seed=42)
     query = Sample("q7", None, ("ref",))
-    assert demos.of(query) == Demonstrations(list(pool), 2, 42).of(query)  # a sample's own, whatever the batch
+    assert demos.of(query) == Demonstrations(list(pool), 2, False, 42).of(query)  # a sample's own, whatever the batch
     assert demos.of(query) != demos.of(Sample("q8", None, ("ref",))) or demos.of(query) != demos.of(Sample("q9", None, ("r",)))
     assert all(answer.startswith("first ") and not answer.endswith(" ") for _, answer in demos.of(query))
-    vqa = Demonstrations([Sample("1", None, ("yes", "no"), question="Is it?")], per_sample=1, seed=0)
+    vqa = Demonstrations([Sample("1", None, ("yes", "no"), question="Is it?")], per_sample=1, with_images=False, seed=0)
     assert vqa.of(query) == [("Is it?", "yes")]  # the first human answer, as OpenFlamingo
     with pytest.raises(VlmEvalError, match="demonstrations: {split: train}"):
         demonstration_card(dataclasses.replace(cards.load_card("tasks", "mini-coco"), demonstrations=None))
@@ -189,7 +205,10 @@ def test_an_openflamingo_run_prompts_with_two_text_only_demonstrations(tmp_path)
     assert main(args) == 0
     resolved = json.loads((out / "summary.json").read_text())["config"]["resolved"]
     assert resolved["demonstrations"] == 2 and resolved["postprocess"] == "openflamingo"
-    assert main([*args[:-2], "--shots", "4", "--output-dir", str(tmp_path / "r4")]) == 2
+    assert main([*args[:-2], "--shots", "4", "--output-dir", str(tmp_path / "r4")]) == 0
+    resolved = json.loads((tmp_path / "r4" / "summary.json").read_text())["config"]["resolved"]
+    assert resolved["demonstrations"] == 4 and resolved["demonstration_images"] is True
+    assert main(["--vlm", "tiny-random-llava", "--encoder", "tiny-random", "--task", "mini-vqa", "--shots", "4"]) == 2
 
 
 def test_openflamingo_without_weights_names_the_checkpoint_the_language_model_and_how(tmp_path, empty_hub_cache, capsys):

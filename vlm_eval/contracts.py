@@ -38,10 +38,12 @@ class Batch:
     pixels: torch.Tensor  # (B, 3, H, W), float, values in [0, 1], not normalised
     prompts: list[str]  # one formatted prompt per sample, each with exactly one "<image>"
     kind: str = ""  # the prompt kind ("caption", "vqa", ...): some families generate differently per kind
+    context: torch.Tensor | None = None  # (B, k, 3, H, W) in [0, 1]: demonstrations' images, before `pixels`; never attacked
 
     def select(self, rows: list[int], pixels: torch.Tensor) -> Batch:
         """Samples `rows` of this batch, with other images (attacked ones, say)."""
-        return Batch([self.ids[i] for i in rows], pixels, [self.prompts[i] for i in rows], self.kind)
+        context = None if self.context is None else self.context[rows]
+        return Batch([self.ids[i] for i in rows], pixels, [self.prompts[i] for i in rows], self.kind, context)
 
 
 @dataclass
@@ -123,8 +125,9 @@ class VLM(Protocol):
 
     def preprocess(self, image: Image.Image) -> torch.Tensor: ...  # (3, S, S) in [0, 1], the family's geometry
 
-    def prompt(self, kind: str, question: str | None = None,
-               demonstrations: Sequence[tuple[str | None, str]] = ()) -> str: ...  # (question, answer) pairs first
+    # (question, answer) demonstrations first, text only or each with its image (then in `Batch.context`)
+    def prompt(self, kind: str, question: str | None = None, demonstrations: Sequence[tuple[str | None, str]] = (),
+               with_images: bool = False) -> str: ...
 
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]: ...
 

@@ -10,8 +10,8 @@ defence applied after), or *adaptive* with `--adaptive` (through the defence, it
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -117,11 +117,12 @@ class DefendedVLM(Defended):
     def dtype(self) -> torch.dtype:
         return self.vlm.dtype
 
-    def prompt(self, kind: str, question: str | None = None, demonstrations: Sequence[tuple] = ()) -> str:
-        return self.vlm.prompt(kind, question, demonstrations)
+    def prompt(self, kind: str, question: str | None = None, demonstrations: Sequence[tuple] = (),
+               with_images: bool = False) -> str:
+        return self.vlm.prompt(kind, question, demonstrations, with_images)
 
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
-        return self.vlm.generate(Batch(batch.ids, self.defense(batch.pixels), batch.prompts, batch.kind), max_new_tokens)
+        return self.vlm.generate(dataclasses.replace(batch, pixels=self.defense(batch.pixels)), max_new_tokens)
 
     def loss_closure(self, batch: Batch, targets: list[str]) -> LossFn:
         """Adaptive: the loss through the defence, averaged over `eot_samples` draws; otherwise the undefended."""

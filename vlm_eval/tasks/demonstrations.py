@@ -11,26 +11,54 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from vlm_eval.cards import TaskCard
 from vlm_eval.data.samples import Sample
-from vlm_eval.errors import VlmEvalError
+from vlm_eval.errors import DataError, VlmEvalError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 QUERY_SET_SIZE = 2048
 
 
 class Demonstrations:
-    """Each sample's (question, answer) demonstrations, `per_sample` of them."""
+    """Each sample's demonstrations: `per_sample` training samples, text only or with their images."""
 
-    def __init__(self, pool: list[Sample], per_sample: int, seed: int):
+    def __init__(self, pool: list[Sample], per_sample: int, with_images: bool, seed: int):
         if len(pool) < per_sample:
             raise VlmEvalError(f"{per_sample} demonstrations per sample, but the training split has {len(pool)} samples")
         self.query_set = random.Random(seed).sample(pool, min(QUERY_SET_SIZE, len(pool)))
-        self.per_sample, self.seed = per_sample, seed
+        self.per_sample, self.with_images, self.seed = per_sample, with_images, seed
+
+    def draw(self, sample: Sample) -> list[Sample]:
+        return random.Random(f"{self.seed}/{sample.id}").sample(self.query_set, self.per_sample)
 
     def of(self, sample: Sample) -> list[tuple[str | None, str]]:
-        drawn = random.Random(f"{self.seed}/{sample.id}").sample(self.query_set, self.per_sample)
-        return [(d.question, demonstration_answer(d)) for d in drawn]
+        """(question, answer) of each of the sample's demonstrations."""
+        return [(d.question, demonstration_answer(d)) for d in self.draw(sample)]
+
+    def images(self, preprocess: Callable[[Image.Image], torch.Tensor], samples: list[Sample]) -> torch.Tensor | None:
+        """(B, k, 3, H, W) in [0, 1]: the demonstrations' images, in the VLM's geometry; None: text only."""
+        if not self.with_images:
+            return None
+        import torch
+
+        return torch.stack([torch.stack([preprocess(demonstration_image(d)) for d in self.draw(s)]) for s in samples])
+
+
+def demonstration_image(sample: Sample) -> Image.Image:
+    """A demonstration's image; a missing or broken one stops the run (it is a setup error, not a bad sample)."""
+    from vlm_eval.data.images import load_image
+    from vlm_eval.errors import BadSampleError
+
+    try:
+        return load_image(sample.image_path, sample.id)
+    except BadSampleError as exc:
+        raise DataError(f"demonstration image: {exc}; the task card's `demonstrations` files say where the "
+                        "training images are") from exc
 
 
 def demonstration_answer(sample: Sample) -> str:
@@ -53,8 +81,10 @@ def demonstration_card(card: TaskCard) -> TaskCard:
                                image_file=card.demonstrations.get("image_file", card.image_file))
 
 
-def read_demonstrations(card: TaskCard, data_root: Path | None, per_sample: int, seed: int) -> Demonstrations:
+def read_demonstrations(card: TaskCard, data_root: Path | None, per_sample: int, with_images: bool,
+                        seed: int) -> Demonstrations:
     from vlm_eval.tasks.data import check_task_data, read_task_samples
 
     pool_card = demonstration_card(card)
-    return Demonstrations(read_task_samples(pool_card, check_task_data(pool_card, data_root)), per_sample, seed)
+    pool = read_task_samples(pool_card, check_task_data(pool_card, data_root))
+    return Demonstrations(pool, per_sample, with_images, seed)

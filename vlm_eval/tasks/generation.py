@@ -6,6 +6,7 @@ with, how to clean up outputs and how to score them; the step and the aggregatio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -15,7 +16,6 @@ from vlm_eval.attacks.executor import Worst, execute, precision
 from vlm_eval.attacks.snapshot import BatchSnapshot
 from vlm_eval.contracts import VLM, Batch, Json, LossFn, Record, Step
 from vlm_eval.data.samples import Sample
-from vlm_eval.errors import VlmEvalError
 from vlm_eval.results import save_adversarial
 from vlm_eval.tasks.scoring import score_records
 
@@ -42,32 +42,26 @@ class GenerationTask:
     model_kind = "vlm"
     card: TaskCard
     demonstrations: Demonstrations | None = None  # in-context demonstrations, for VLMs that take them
-    _wanted: tuple[int, int, Path | None] | None = None
+    _wanted: tuple[int, bool, int, Path | None] | None = None
 
     def check_requirements(self) -> None:
         pass
 
     def want_demonstrations(self, per_sample: int, with_images: bool, seed: int, data_root: Path | None) -> None:
         """Give each prompt `per_sample` demonstrations from the task's training split (read by `setup`)."""
-        if with_images:
-            raise VlmEvalError(f"{per_sample} demonstrations with their images (--shots {per_sample}) are not "
-                               "supported yet; --shots 0 (two text-only demonstrations) is the FARE / Sim-CLIP protocol")
-        self._wanted = (per_sample, seed, data_root) if per_sample else None
+        self._wanted = (per_sample, with_images, seed, data_root) if per_sample else None
 
     def setup(self, files: dict[str, Path]) -> None:
         if self._wanted is not None:
             from vlm_eval.tasks.demonstrations import read_demonstrations
 
-            self.demonstrations = read_demonstrations(self.card, self._wanted[2], *self._wanted[:2])
+            per_sample, with_images, seed, data_root = self._wanted
+            self.demonstrations = read_demonstrations(self.card, data_root, per_sample, with_images, seed)
 
     def demonstration_options(self) -> dict[str, Json]:
-        return {} if self._wanted is None else {"demonstrations": self._wanted[0]}
-
-    def prompt_of(self, vlm: VLM, sample: Sample) -> str:
-        kind, question = self.prompt_args(sample)
-        if self.demonstrations is None:
-            return vlm.prompt(kind, question)
-        return vlm.prompt(kind, question, self.demonstrations.of(sample))
+        if self._wanted is None:
+            return {}
+        return {"demonstrations": self._wanted[0], "demonstration_images": self._wanted[1]}
 
     def prompt_args(self, sample: Sample) -> tuple[str, str | None]:
         raise NotImplementedError
@@ -81,9 +75,17 @@ class GenerationTask:
     def score(self, references: dict[str, list[str]], outputs: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
         raise NotImplementedError
 
+    def batch_of(self, vlm: VLM, samples: list[Sample], pixels: torch.Tensor) -> Batch:
+        """The VLM's batch: each sample's prompt (after its demonstrations, if any) and the demonstrations' images."""
+        ids, demos = [s.id for s in samples], self.demonstrations
+        if demos is None:
+            return Batch(ids, pixels, [vlm.prompt(*self.prompt_args(s)) for s in samples], self.card.prompt)
+        prompts = [vlm.prompt(*self.prompt_args(s), demos.of(s), demos.with_images) for s in samples]
+        return Batch(ids, pixels, prompts, self.card.prompt, demos.images(vlm.preprocess, samples))
+
     def evaluate_batch(self, vlm: VLM, samples: list[Sample], pixels: torch.Tensor, step: Step) -> list[Record]:
         """The batch's records: the clean outputs and, in an attacked run, the adversarial ones with their checks."""
-        batch = Batch([s.id for s in samples], pixels, [self.prompt_of(vlm, s) for s in samples], self.card.prompt)
+        batch = self.batch_of(vlm, samples, pixels)
         with precision(vlm.device, step.attack.clean_precision if step.attack else "model"):
             outputs = vlm.generate(batch, self.card.max_new_tokens)
         records = [self.record(s, raw) for s, raw in zip(samples, outputs)]
@@ -109,7 +111,7 @@ class GenerationTask:
     def replayed(self, vlm: VLM, batch: Batch, samples: list[Sample], step: Step) -> Attacked:
         """What the VLM says on the images another run saved (`--from-adversarial`)."""
         pixels = step.replay.load(batch.ids)
-        outputs = vlm.generate(Batch(batch.ids, pixels, batch.prompts, batch.kind), self.card.max_new_tokens)
+        outputs = vlm.generate(dataclasses.replace(batch, pixels=pixels), self.card.max_new_tokens)
         fields = [{"target": self.attack_texts(s)[0], "loss": None, "steps": None, "attack": step.replay.name}
                   for s in samples]
         return Attacked(pixels, outputs, fields)

@@ -61,7 +61,8 @@ class LlavaAdapter:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def prompt(self, kind: str, question: str | None = None, demonstrations: Sequence[tuple] = ()) -> str:
+    def prompt(self, kind: str, question: str | None = None, demonstrations: Sequence[tuple] = (),
+               with_images: bool = False) -> str:
         if demonstrations:
             raise ValueError("LLaVA-1.5 prompts take no in-context demonstrations")
         return llava_prompt(kind, question)

@@ -52,18 +52,23 @@ class FlamingoAdapter:
         self.model.vision_encoder = tokens_before_ln_post(visual).to(device=self.device, dtype=self.dtype).eval()
         self.model.vision_encoder.requires_grad_(False)
 
-    def prompt(self, kind: str, question: str | None = None, demonstrations: Sequence[Demonstration] = ()) -> str:
-        return flamingo_prompt(kind, question, demonstrations)
+    def prompt(self, kind: str, question: str | None = None, demonstrations: Sequence[Demonstration] = (),
+               with_images: bool = False) -> str:
+        return flamingo_prompt(kind, question, demonstrations, with_images)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """open_clip's evaluation geometry: short side resized (bicubic) and centre-cropped to the encoder's size."""
         return preprocess_clip_image(image, self.image_size)
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels (B, 3, H, W) -> normalised (B, 1, 3, H, W): one image per sample (the query's)."""
+    def normalize(self, pixels: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """[0, 1] query images (B, 3, H, W) and demonstrations' images (B, k, 3, H, W) or None -> the
+        normalised images of each sample in prompt order, (B, k + 1, 3, H, W)."""
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(pixels.shape[-2:])}")
-        return clip_normalize(pixels.to(self.device)).to(self.dtype).unsqueeze(1)
+        images = pixels.to(self.device).unsqueeze(1)
+        if context is not None:
+            images = torch.cat([context.to(self.device), images], dim=1)
+        return clip_normalize(images).to(self.dtype)
 
     @torch.no_grad()
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -98,7 +103,7 @@ class FlamingoAdapter:
         stopping at `<|endofchunk|>`; left-padded batches, each row its own image."""
         settings = GENERATION[batch.kind or "caption"]
         ids, mask = self._left_pad([self._ids(p) for p in batch.prompts])
-        latents = self.model.image_latents(self.normalize(batch.pixels))
+        latents = self.model.image_latents(self.normalize(batch.pixels, batch.context))
         with self.model.conditioned(latents.repeat_interleave(settings.num_beams, dim=0)):
             out = self.model.lang_encoder.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=settings.num_beams,
@@ -119,19 +124,22 @@ class FlamingoAdapter:
         """`loss_fn(pixels, rows=None) -> (n,)`: the summed cross-entropy of each target's tokens.
 
         Each sample's loss depends only on its own pixels, prompt and target (left padding, ALiBi or
-        explicit positions), so its gradient does not change with the batch it is in.
+        explicit positions), so its gradient does not change with the batch it is in. Demonstrations'
+        images (`batch.context`) enter as constants: only the query image is attacked.
         """
         if len(targets) != len(batch.prompts):
             raise ValueError(f"{len(targets)} targets for {len(batch.prompts)} prompts")
         pairs = [self.labelled_ids(p, t) for p, t in zip(batch.prompts, targets)]
         ids, mask = self._left_pad([ids for ids, _ in pairs])
         labels = torch.full_like(ids, -100)
+        context = None if batch.context is None else batch.context.to(self.device)
         for row, (_, wanted) in enumerate(pairs):
             labels[row, ids.shape[1] - len(wanted) :] = torch.tensor(wanted, device=self.device)
 
         def loss_fn(pixels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
             pick = slice(None) if rows is None else rows.to(self.device)
-            logits = self.model(self.normalize(pixels), **self._lm_inputs(ids[pick], mask[pick])).logits
+            images = self.normalize(pixels, None if context is None else context[pick])
+            logits = self.model(images, **self._lm_inputs(ids[pick], mask[pick])).logits
             ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[pick, 1:], ignore_index=-100,
                                  reduction="none")
             return ce.sum(-1)
