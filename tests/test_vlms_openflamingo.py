@@ -216,3 +216,64 @@ def test_openflamingo_without_weights_names_the_checkpoint_the_language_model_an
     err = capsys.readouterr().err
     assert "hf download openflamingo/OpenFlamingo-9B-vitl-mpt7b checkpoint.pt" in err
     assert "hf download anas-awadalla/mpt-7b" in err and "Traceback" not in err
+
+
+MOSAIC = {"model_type": "mosaic_gpt", "d_model": 32, "n_heads": 4, "n_layers": 2, "mlp_ratio": 4, "max_seq_len": 64,
+          "vocab_size": 50, "alibi": True, "alibi_bias_max": 8, "attn_qk_ln": True, "no_bias": True,
+          "attn_clip_qkv": None, "logit_scale": None, "softmax_scale": None}
+
+
+def mosaic_weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A MosaicGPT state dict by its own parameter names (no biases anywhere, as `no_bias` makes it)."""
+    g = torch.Generator().manual_seed(seed)
+    d, state = MOSAIC["d_model"], {"transformer.wte.weight": torch.randn(MOSAIC["vocab_size"], MOSAIC["d_model"], generator=g)}
+    shapes = {"ln_1.weight": (d,), "attn.Wqkv.weight": (3 * d, d), "attn.q_ln.weight": (d,), "attn.k_ln.weight": (d,),
+              "attn.out_proj.weight": (d, d), "ln_2.weight": (d,), "mlp.mlp_up.weight": (4 * d, d),
+              "mlp.mlp_down.weight": (d, 4 * d)}
+    for i in range(MOSAIC["n_layers"]):
+        for name, shape in shapes.items():  # LayerNorm weights near 1, matrices random
+            noise = torch.randn(shape, generator=g)
+            state[f"transformer.blocks.{i}.{name}"] = 1 + 0.1 * noise if len(shape) == 1 else 0.3 * noise
+    state["transformer.ln_f.weight"] = torch.ones(d)
+    return state
+
+
+def mosaic_logits(state: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """MosaicGPT's forward written out: pre-LN blocks, QK LayerNorm over the full width before the heads
+    split, ALiBi (slopes 2^(-8h/H)), causal softmax attention, exact GELU, tied output."""
+    F = torch.nn.functional
+    d, heads, length = MOSAIC["d_model"], MOSAIC["n_heads"], ids.shape[1]
+    norm = lambda x, w: F.layer_norm(x, (d,), w)  # noqa: E731
+    slopes = 1 / 2 ** (torch.arange(1, heads + 1) * (MOSAIC["alibi_bias_max"] / heads))
+    bias = (torch.arange(1 - length, 1)[None, None, :] * slopes[:, None, None])  # (heads, 1, keys)
+    future = torch.ones(length, length, dtype=torch.bool).triu(1)
+    x = state["transformer.wte.weight"][ids]
+    for i in range(MOSAIC["n_layers"]):
+        w = {k.split(f"blocks.{i}.")[1]: v for k, v in state.items() if f"blocks.{i}." in k}
+        q, k, v = (norm(x, w["ln_1.weight"]) @ w["attn.Wqkv.weight"].T).chunk(3, dim=-1)
+        q, k = norm(q, w["attn.q_ln.weight"]), norm(k, w["attn.k_ln.weight"])
+        q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-1, -2)) / (d / heads) ** 0.5 + bias
+        attended = (scores.masked_fill(future, float("-inf")).softmax(-1) @ v).transpose(1, 2).flatten(2)
+        x = x + attended @ w["attn.out_proj.weight"].T
+        x = x + F.gelu(norm(x, w["ln_2.weight"]) @ w["mlp.mlp_up.weight"].T) @ w["mlp.mlp_down.weight"].T
+    return norm(x, state["transformer.ln_f.weight"]) @ state["transformer.wte.weight"].T
+
+
+def test_mosaic_gpt_runs_on_native_mpt_with_its_qk_layernorm(tmp_path):
+    from vlm_eval.vlms.openflamingo.mosaic import load_mosaic_gpt
+
+    state = mosaic_weights()
+    (tmp_path / "config.json").write_text(json.dumps(MOSAIC))
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    model = load_mosaic_gpt(tmp_path, torch.float32)
+    ids = torch.randint(0, MOSAIC["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+    assert torch.allclose(got, mosaic_logits(state, ids), atol=1e-4)
+    plain_qk_ln = {k: (torch.ones_like(v) if "_ln." in k else v) for k, v in state.items()}
+    assert not torch.allclose(got, mosaic_logits(plain_qk_ln, ids), atol=1e-2)  # its QK LayerNorm weights are used
+    del state["transformer.blocks.1.attn.q_ln.weight"]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="transformer.blocks.1.attn.q_ln.weight"):
+        load_mosaic_gpt(tmp_path, torch.float32)

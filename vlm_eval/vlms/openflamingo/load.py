@@ -9,6 +9,7 @@ Where the files are: `status.py`. A card's other `settings`: `cross_attn_every_n
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from vlm_eval.errors import CheckpointError, MissingResourceError, VlmEvalError
 from vlm_eval.vlms.openflamingo.adapter import FlamingoAdapter
 from vlm_eval.vlms.openflamingo.model import FlamingoModel
 from vlm_eval.vlms.openflamingo.prompts import END_OF_CHUNK, IMAGE
-from vlm_eval.vlms.openflamingo.status import checkpoint_location, how_to_get, language_model_location
+from vlm_eval.vlms.openflamingo.mosaic import is_mosaic_gpt, load_mosaic_gpt
+from vlm_eval.vlms.openflamingo.status import Location, checkpoint_location, how_to_get, language_model_location
 
 FLAMINGO_TOKENS = (END_OF_CHUNK, IMAGE)
 RENAMED = {"gpt_neox": {"lang_encoder.embed_out.weight": "lang_encoder.lm_head.weight"}}  # published -> transformers 5
@@ -81,11 +83,24 @@ def language_model(card: VlmCard, allow_download: bool, dtype: torch.dtype):
     source = where.repo or where.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=not allow_download)
+        folder = local_folder(where, allow_download)
+        if is_mosaic_gpt(json.loads((folder / "config.json").read_text())):  # OpenFlamingo-3B's MPT-1B
+            return load_mosaic_gpt(folder, dtype), tokenizer
+        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except OSError as exc:
         raise MissingResourceError(f"VLM {card.name!r}: cannot load its language model {source} "
                                    f"({exc.__class__.__name__}). {how_to_get(card)}") from exc
     return lm, tokenizer
+
+
+def local_folder(where: Location, allow_download: bool) -> Path:
+    """The language model's folder: the card's own, or its hub snapshot (fetched only if allowed)."""
+    if where.repo is None:
+        return Path(where.name)
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
+    return Path(snapshot_download(where.repo, allow_patterns=patterns, local_files_only=not allow_download))
 
 
 def checkpoint_file(card: VlmCard, allow_download: bool) -> Path:
