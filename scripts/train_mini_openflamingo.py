@@ -179,18 +179,9 @@ def save(adapter, out: Path) -> None:
     from safetensors.torch import save_file
 
     model = adapter.model
-    (out / "language_model").mkdir(parents=True, exist_ok=True)
-    layers = model.flamingo_layers()
-    wrapped = [layer for layer in layers]
-    from vlm_eval.vlms.openflamingo.model import decoder_layers
-
-    plain = decoder_layers(model.lang_encoder)
-    for i, layer in enumerate(wrapped):  # the language model is saved as transformers knows it
-        plain[i] = layer.decoder_layer
-    model.lang_encoder.save_pretrained(out / "language_model")
+    with model.plain_language_model() as lm:
+        lm.save_pretrained(out / "language_model")
     adapter.tokenizer.save_pretrained(out / "language_model")
-    for i, layer in enumerate(wrapped):
-        plain[i] = layer
     state = model.state_dict()
     save_file({k: state[k].contiguous() for k in model.checkpoint_keys()}, out / "checkpoint.safetensors")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6

@@ -17,7 +17,7 @@ from vlm_eval.errors import CheckpointError, VlmEvalError
 from vlm_eval.tasks.demonstrations import Demonstrations, demonstration_card
 from vlm_eval.vlms import VLM_FAMILIES
 from vlm_eval.vlms.openflamingo.load import load_checkpoint
-from vlm_eval.vlms.openflamingo.model import FlamingoModel, decoder_layers
+from vlm_eval.vlms.openflamingo.model import FlamingoModel
 from vlm_eval.vlms.openflamingo.tiny import open_gates
 
 
@@ -153,10 +153,10 @@ def test_logits_agree_with_the_reference_open_flamingo_package(mpt):
     from open_flamingo.src.flamingo_lm import FlamingoLMMixin
     from open_flamingo.src.utils import extend_instance
 
-    ours = FlamingoModel(copy.deepcopy(mpt.model.vision_encoder), copy.deepcopy(unwrapped(mpt.model.lang_encoder)),
-                         mpt.image_id, 64, cross_attn_every_n_layers=1)
+    with mpt.model.plain_language_model() as plain:
+        lm, our_lm = copy.deepcopy(plain), copy.deepcopy(plain)
+    ours = FlamingoModel(copy.deepcopy(mpt.model.vision_encoder), our_lm, mpt.image_id, 64, cross_attn_every_n_layers=1)
     open_gates(ours, 0.5, seed=3)
-    lm = copy.deepcopy(unwrapped(mpt.model.lang_encoder))
     extend_instance(lm, FlamingoLMMixin)
     lm.set_decoder_layers_attr_name("transformer.blocks")
     clip = torch.nn.Module()  # upstream takes the whole CLIP and keeps its `.visual`
@@ -174,15 +174,6 @@ def test_logits_agree_with_the_reference_open_flamingo_package(mpt):
         got = ours(pixels, input_ids=ids, attention_mask=mask).logits
     real = mask.bool()
     assert torch.allclose(got[real], expected[real], atol=1e-4)
-
-
-def unwrapped(lm):
-    """A copy of the language model with its plain decoder layers."""
-    lm = copy.deepcopy(lm)
-    layers = decoder_layers(lm)
-    for i, layer in enumerate(layers):
-        layers[i] = layer.decoder_layer
-    return lm
 
 
 def test_demonstrations_are_drawn_per_sample_from_the_seeded_query_set():

@@ -69,6 +69,19 @@ class FlamingoModel(nn.Module):
     def flamingo_layers(self) -> list[FlamingoLayer]:
         return list(decoder_layers(self.lang_encoder))
 
+    @contextmanager
+    def plain_language_model(self) -> Iterator[nn.Module]:
+        """Inside: the language model with its own decoder layers, as transformers saves and builds it."""
+        layers = decoder_layers(self.lang_encoder)
+        wrapped = list(layers)
+        for i, layer in enumerate(wrapped):
+            layers[i] = layer.decoder_layer
+        try:
+            yield self.lang_encoder
+        finally:
+            for i, layer in enumerate(wrapped):
+                layers[i] = layer
+
     def image_latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised pixels (B, T, 3, H, W) -> the resampler's latents (B, T, n, d)."""
         _, tokens = self.vision_encoder(pixels.flatten(0, 1))
