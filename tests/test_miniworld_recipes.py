@@ -100,3 +100,50 @@ def test_shipped_llava_tokenizer_matches_the_recipes(trained_llava):
     prompt = llava_prompt("vqa", "what color is the circle?") + " red"
     assert shipped(prompt).input_ids == fresh(prompt).input_ids
     assert shipped.get_vocab() == fresh.get_vocab()
+
+
+@pytest.fixture(scope="module")
+def trained_flamingo(world, trained_clip, tmp_path_factory) -> Path:
+    import train_mini_openflamingo
+
+    out = tmp_path_factory.mktemp("flamingo") / "mini-openflamingo"
+    train_mini_openflamingo.main(["--world", str(world), "--clip", str(trained_clip / "clip.safetensors"), "--steps",
+                                  "2", "--batch-size", "4", "--warmup", "1", "--out", str(out)])
+    return out
+
+
+def test_flamingo_recipe_writes_what_the_card_loads_strictly_with_the_tower_untouched(trained_clip, trained_flamingo):
+    import dataclasses
+
+    from vlm_eval import cards
+    from vlm_eval.encoders.openclip_family import load_openclip_encoder
+    from vlm_eval.vlms.openflamingo.load import load_openflamingo
+
+    card = dataclasses.replace(cards.load_card("vlms", "mini-openflamingo"), path=str(trained_flamingo))
+    encoder = load_openclip_encoder(_clip_card(trained_clip / "clip.safetensors"))
+    vlm = load_openflamingo(card, encoder, torch.float32, "cpu")  # every checkpoint key checked
+    assert any(p.abs().sum() > 0 for n, p in vlm.model.named_parameters() if n.endswith("_gate"))  # trained 2 steps
+    fresh = load_openclip_encoder(_clip_card(trained_clip / "clip.safetensors")).visual.state_dict()
+    assert all(torch.equal(vlm.model.vision_encoder.state_dict()[k], v) for k, v in fresh.items())
+
+
+def test_flamingo_training_on_cached_tokens_equals_the_models_own_loss(world, trained_clip, trained_flamingo):
+    """The recipe's shortcut (cached patch tokens before ln_post) is exactly the model's forward on pixels."""
+    import random
+
+    import train_mini_openflamingo
+
+    from vlm_eval.data import load_image, preprocess_clip_image
+
+    adapter = train_mini_openflamingo.build_model(trained_clip / "clip.safetensors")
+    examples, paths = train_mini_openflamingo.training_data(world, None)
+    tokens = train_mini_openflamingo.vision_tokens(adapter.model.vision_encoder, paths)
+    ids, labels, rows = train_mini_openflamingo.sequence(adapter, examples, random.Random(0), 0.5, images=2)
+    ids = torch.tensor([ids])
+    with torch.no_grad():
+        with adapter.model.conditioned(adapter.model.perceiver(tokens[torch.tensor([rows])])):
+            cached = adapter.model.lang_encoder(input_ids=ids).logits
+        pixels = torch.stack([preprocess_clip_image(load_image(paths[r], str(r)), 224) for r in rows])
+        direct = adapter.model(adapter.normalize(pixels[1:], pixels[None, :1]), input_ids=ids).logits
+    assert torch.allclose(cached, direct, atol=1e-4)
+    assert sum(label != -100 for label in labels) > 2  # two answers and their <|endofchunk|> carry the loss

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 WORLD_VERSION = 3  # bump whenever a change to the world changes a file: stale caches are rewritten
 SPLIT_SIZES = {"train": 10_000, "val": 500, "test": 500, "zeroshot": 600, "classes": 2_400}
-SAMPLE_SIZES = {"train": 0, "val": 0, "test": 12, "zeroshot": 24, "classes": 0}  # committed in assets/miniworld/sample
+SAMPLE_SIZES = {"train": 0, "val": 8, "test": 12, "zeroshot": 24, "classes": 0}  # committed in assets/miniworld/sample
 EVAL_SPLITS = ("val", "test", "zeroshot")
 QUESTIONS_PER_IMAGE = 3
 WORLD_ENTRIES = ("dataset_miniworld.json", "captions_miniworld.json", "vqa", "images", "zeroshot")  # what a rewrite replaces
