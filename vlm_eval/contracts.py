@@ -209,6 +209,12 @@ class TaskType(Protocol):
     def options(self) -> dict[str, Json]: ...
 
 
+class VlmTask(TaskType, Protocol):
+    """A task whose model is a VLM: it draws in-context demonstrations for families that take them."""
+
+    def want_demonstrations(self, per_sample: int, with_images: bool, seed: int, data_root: Path | None) -> None: ...
+
+
 class ClassifierTask(TaskType, Protocol):
     """A task whose model is the encoder's zero-shot classifier over its classes (read by `setup`)."""
 

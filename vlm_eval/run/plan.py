@@ -123,7 +123,7 @@ def make_task(config: EvalConfig, card: TaskCard, family: VlmFamily | None) -> T
         task = TASK_TYPES.get(card.type)(card, options)
     except ValueError as exc:
         raise VlmEvalError(f"task {card.name!r}: {exc}") from exc
-    if family is not None:
+    if family is not None:  # a VlmTask
         seed = config.seed if config.seed is not None else PROTOCOL_SEED
         task.want_demonstrations(*family.demonstrations(config.shots), seed, optional_path(config.data_root))
     return task
