@@ -268,3 +268,37 @@ def test_mosaic_gpt_runs_on_native_mpt_with_its_qk_layernorm(tmp_path):
     torch.save(state, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="transformer.blocks.1.attn.q_ln.weight"):
         load_mosaic_gpt(tmp_path, torch.float32)
+
+
+def write_coco(root):
+    """COCO in its real layout: a Karpathy file with train and test images, val2014 references, both image folders."""
+    from PIL import Image
+
+    entries = []
+    for i, (split, folder) in enumerate([("train", "train2014")] * 3 + [("test", "val2014")] * 2):
+        name = f"COCO_{folder}_{i:012d}.jpg"
+        (root / "coco" / folder).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (40 * i, 90, 20)).save(root / "coco" / folder / name)
+        entries.append({"cocoid": i, "split": split, "filepath": folder, "filename": name,
+                        "sentences": [{"raw": f" first caption {i} "}, {"raw": f"second {i}"}]})
+    (root / "coco" / "dataset_coco.json").write_text(json.dumps({"images": entries}))
+    tests = [e for e in entries if e["split"] == "test"]
+    (root / "coco" / "captions_val2014.json").write_text(json.dumps({
+        "images": [{"id": e["cocoid"]} for e in tests],
+        "annotations": [{"image_id": e["cocoid"], "id": e["cocoid"], "caption": "a reference"} for e in tests]}))
+
+
+def test_coco_demonstrations_come_from_the_karpathy_train_split_with_their_images(tmp_path):
+    from vlm_eval.tasks.demonstrations import read_demonstrations
+
+    write_coco(tmp_path)
+    demos = read_demonstrations(cards.load_card("tasks", "coco"), tmp_path, 2, True, seed=42)
+    assert sorted(s.id for s in demos.query_set) == ["0", "1", "2"]
+    assert all(path.parent.name == "train2014" and path.is_file() for path in (s.image_path for s in demos.query_set))
+    query = Sample("3", None, ("a reference",))
+    assert all(answer.startswith("first caption") and answer == answer.strip() for _, answer in demos.of(query))
+    for shots in ("0", "2"):
+        args = ["--vlm", "tiny-random-openflamingo", "--encoder", "tiny-random", "--task", "coco", "--data-root",
+                str(tmp_path), "--n-samples", "all", "--shots", shots, "--output-dir", str(tmp_path / f"run{shots}")]
+        assert main(args) == 0
+        assert json.loads((tmp_path / f"run{shots}" / "summary.json").read_text())["n_samples"] == 2
