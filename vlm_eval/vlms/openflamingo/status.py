@@ -45,7 +45,7 @@ def weights_status(card: VlmCard) -> tuple[bool, str]:
         missing.append(f"language model {lm.repo or lm.name}")
     if missing:
         return False, f"missing the {' and the '.join(missing)}. {how_to_get(card)}"
-    return True, f"{checkpoint} on {lm.repo or lm.name}"
+    return True, str(card_relative(card, card.path)) if card.path else f"HF cache ({checkpoint} on {lm.repo})"
 
 
 def _present(repo: str | None, name: str) -> bool:
