@@ -302,3 +302,12 @@ def test_coco_demonstrations_come_from_the_karpathy_train_split_with_their_image
                 str(tmp_path), "--n-samples", "all", "--shots", shots, "--output-dir", str(tmp_path / f"run{shots}")]
         assert main(args) == 0
         assert json.loads((tmp_path / f"run{shots}" / "summary.json").read_text())["n_samples"] == 2
+
+
+def test_an_encoder_of_another_width_is_refused_by_name():
+    from vlm_eval.encoders import ENCODER_FAMILIES
+
+    vlm = load("tiny-random-openflamingo")  # a 64-wide resampler
+    card = cards.load_card("encoders", "mini-clip")  # a 128-wide ViT
+    with pytest.raises(CheckpointError, match="width 128 does not fit this Flamingo's resampler"):
+        vlm.swap_encoder(ENCODER_FAMILIES.get(card.family).load_vision(card, None, False))

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from vlm_eval.contracts import Batch, ImageEncoder, LossFn
 from vlm_eval.data.images import clip_normalize, preprocess_clip_image
+from vlm_eval.errors import CheckpointError
 from vlm_eval.vlms.openflamingo.model import FlamingoModel, tokens_before_ln_post
 from vlm_eval.vlms.openflamingo.prompts import END_OF_CHUNK, GENERATION, IMAGE, Demonstration, chunk_answer, flamingo_prompt
 
@@ -47,7 +48,7 @@ class FlamingoAdapter:
     def swap_encoder(self, encoder: ImageEncoder) -> None:
         visual = encoder.visual
         if visual.conv1.out_channels != self.model.perceiver.latents.shape[1]:
-            raise ValueError(f"the encoder's width {visual.conv1.out_channels} does not fit this Flamingo's resampler "
+            raise CheckpointError(f"the encoder's width {visual.conv1.out_channels} does not fit this Flamingo's resampler "
                              f"(expects {self.model.perceiver.latents.shape[1]}); pick a ViT of its vision architecture")
         self.model.vision_encoder = tokens_before_ln_post(visual).to(device=self.device, dtype=self.dtype).eval()
         self.model.vision_encoder.requires_grad_(False)

@@ -20,8 +20,8 @@ from vlm_eval.contracts import ImageEncoder
 from vlm_eval.errors import CheckpointError, MissingResourceError, VlmEvalError
 from vlm_eval.vlms.openflamingo.adapter import FlamingoAdapter
 from vlm_eval.vlms.openflamingo.model import FlamingoModel
-from vlm_eval.vlms.openflamingo.prompts import END_OF_CHUNK, IMAGE
 from vlm_eval.vlms.openflamingo.mosaic import is_mosaic_gpt, load_mosaic_gpt
+from vlm_eval.vlms.openflamingo.prompts import END_OF_CHUNK, IMAGE
 from vlm_eval.vlms.openflamingo.status import Location, checkpoint_location, how_to_get, language_model_location
 
 FLAMINGO_TOKENS = (END_OF_CHUNK, IMAGE)

@@ -17,7 +17,7 @@ from torch import nn
 from vlm_eval.vlms.openflamingo.modules import FlamingoLayer, GatedCrossAttention, PerceiverResampler
 
 # where each language model family keeps its decoder layers
-DECODER_LAYERS = {"mpt": "transformer.blocks", "gpt_neox": "gpt_neox.layers", "llama": "model.layers"}
+DECODER_LAYERS = {"mpt": "transformer.blocks", "gpt_neox": "gpt_neox.layers"}
 
 
 def decoder_layers(lang_encoder: nn.Module) -> nn.ModuleList:
