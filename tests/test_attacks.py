@@ -23,6 +23,9 @@ def test_eps_is_parsed_from_fractions_and_numbers():
     assert threat.describe() == {"norm": "linf", "eps": 4 / 255, "eps_text": "4/255"}
     with pytest.raises(ValueError, match="unknown norm"):
         ThreatModel.parse("4/255", "l1")
+    assert ThreatModel.parse("4/255", "Linf").norm == "linf" and ThreatModel.parse(2.5, "L2").eps == 2.5
+    with pytest.raises(ValueError, match="did you mean 8/255"):  # an l-inf radius above the whole pixel range
+        ThreatModel.parse("8", "Linf")
 
 
 @pytest.mark.parametrize("threat", THREATS, ids=lambda t: t.norm)

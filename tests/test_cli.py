@@ -216,6 +216,8 @@ def test_checkpoint_with_unknown_keys_names_the_file_and_the_layouts(tmp_path, c
     (["--resolution", "336", "--encoder", "fare"], "use --resolution 224"),
     (["--batch-size", "0"], "batch size must be >= 1"),
     (["--n-samples", "0"], "--n-samples must be a number >= 1, 'all' or 'auto', got 0"),
+    (["--attack", "apgd", "--eps", "8"], "did you mean 8/255?"),
+    (["--attack", "apgd", "--eps", "0/255"], "add --allow-zero-eps"),
 ])
 def test_bad_options_are_user_errors(args, message, capsys):
     assert main([*TINY, "--task", "demo", *args]) == 2
@@ -270,3 +272,27 @@ def test_a_config_file_sets_options_the_command_line_overrides(tmp_path, capsys)
     config.write_text("encoder: tiny-random\nbatchsize: 3\n")
     assert main(["--config", str(config)]) == 2
     assert f"--config {config}: unknown option(s) batchsize; known: vlm, encoder" in capsys.readouterr().err
+
+
+def test_threat_models_in_robustbench_spelling_and_a_deliberate_no_op(tmp_path):
+    out = tmp_path / "noop"
+    args = [*TINY, "--task", "demo", "--n-samples", "3", "--attack", "apgd", "--steps", "2", "--norm", "Linf",
+            "--eps", "0", "--allow-zero-eps", "--output-dir", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["resolved"]["attack"]["norm"] == "linf"
+    assert summary["metrics"]["cider_robust"] == summary["metrics"]["cider"]  # eps 0: nothing moved
+
+
+def test_an_interrupted_run_names_its_folder_and_the_resume_command(tmp_path, monkeypatch, capsys):
+    from vlm_eval.run import loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "evaluate_shard", interrupted)
+    out = tmp_path / "run"
+    assert main([*TINY, "--task", "demo", "--n-samples", "2", "--output-dir", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.count(f"python -m vlm_eval resume {out}") == 2  # at the start, and again when stopped
+    assert "the finished samples are kept in" in err

@@ -131,7 +131,10 @@ def _add_attack_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> N
                         "samples that say the target stop there (0: every sample runs all --steps) "
                         "(default %(default)s)")
     attack.add_argument("--eps", default=defaults.eps, help="radius in [0, 1] pixels, e.g. 4/255 (default %(default)s)")
-    attack.add_argument("--norm", choices=("linf", "l2"), default=defaults.norm, help="default %(default)s")
+    attack.add_argument("--norm", type=str.lower, choices=("linf", "l2"), default=defaults.norm,
+                        help="Linf or L2, in any case (default %(default)s)")
+    attack.add_argument("--allow-zero-eps", action="store_true",
+                        help="let --eps 0 through, for a deliberate no-op check (robust scores must equal the clean)")
     attack.add_argument("--steps", type=int, default=defaults.steps, help="iterations per sample (default %(default)s)")
     attack.add_argument("--schedule", metavar="FILE", help="--attack ensemble: the schedule (default: the task "
                         "type's in schedules/, the papers' protocol)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ class EvalConfig:
     encoder_arch: str = "ViT-L-14-quickgelu"  # architecture of an encoder given as a path
     attack: str = "none"  # none, or a registered attack (pgd, apgd) on the image
     eps: str = "4/255"  # the attack's radius, as written
-    norm: str = "linf"  # linf or l2
+    norm: str = "linf"  # linf or l2 (any case)
+    allow_zero_eps: bool = False  # an attack with eps 0 only on purpose: a no-op check of the pipeline
     steps: int = 100  # attack iterations per sample
     target: str | None = None  # targeted attacks: the string, or a preset name (attacks.vlm.TARGET_PRESETS)
     check_every: int = 0  # targeted: every N steps, samples whose best image says the target stop (0: never)
@@ -54,6 +56,9 @@ class EvalConfig:
     masked_lm: str | None = None  # --attack text / bimodal: BERT-Attack with this masked LM instead of HotFlip
 
     def __post_init__(self) -> None:
+        if self.attack != "none" and not self.allow_zero_eps and _is_zero(self.eps):
+            raise VlmEvalError("--eps 0 makes the attack a no-op: every robust score would equal the clean one. "
+                               "For a deliberate no-op check add --allow-zero-eps; else give a radius such as 4/255")
         if self.precision not in PRECISIONS:
             raise VlmEvalError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.resolution not in RESOLUTIONS:
@@ -99,3 +104,11 @@ def config_values(values: Any, where: str) -> dict[str, Any]:
     if values.get("n_samples") == "all":
         values["n_samples"] = None
     return values
+
+
+def _is_zero(eps: str) -> bool:
+    """Whether a radius as written is 0 ("0", "0/255", "0.0"); malformed ones are the threat model's to refuse."""
+    try:
+        return Fraction(str(eps).strip()) == 0
+    except (ValueError, ZeroDivisionError):
+        return False

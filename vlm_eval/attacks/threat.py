@@ -26,10 +26,16 @@ class ThreatModel:
 
     @classmethod
     def parse(cls, eps: str | float, norm: str = "linf") -> ThreatModel:
-        """`ThreatModel.parse("4/255")`, `ThreatModel.parse(0.5, "l2")`."""
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
-        return cls(norm, parse_eps(eps), str(eps))
+        """`ThreatModel.parse("4/255")`, `ThreatModel.parse(0.5, "L2")`; norms in any case (RobustBench's
+        and AutoAttack's "Linf", "L2"). An l-inf radius above 1 covers the whole [0, 1] pixel range:
+        refused, as it is almost always a radius meant in /255."""
+        canonical = norm.strip().lower() if isinstance(norm, str) else norm
+        if canonical not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; known: Linf, L2 (any case)")
+        value = parse_eps(eps)
+        if canonical == "linf" and value > 1:
+            raise ValueError(f"eps {eps} is above 1, the whole [0, 1] pixel range, in l-inf: did you mean {eps}/255?")
+        return cls(canonical, value, str(eps))
 
     def describe(self) -> dict:
         return {"norm": self.norm, "eps": self.eps, "eps_text": self.eps_text}

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -60,15 +62,25 @@ def run(config: EvalConfig, resume: bool = False, shard: Shard = Shard()) -> Pat
     folder.start_or_join(plan.run_dir, full_config(plan), samples)
     folder.write_provenance(plan.run_dir, shard.tag, loaded.provenance)
     step = Step(plan.run_dir, samples, plan.attack, plan.replay, loaded.judge)
-    with Claims(plan.run_dir, shard.tag) as claims:
-        loop.evaluate_shard(plan.task, loaded.model, samples, step, config.batch_size, config.strict, claims,
-                            shard.tag)
-        merging = wait_to_merge(plan.run_dir, claims)
-        if merging:
-            merge(plan.run_dir, plan=plan)
+    print(f"run folder {plan.run_dir}; if interrupted: {resume_command(plan.run_dir)}", file=sys.stderr)
+    try:
+        with Claims(plan.run_dir, shard.tag) as claims:
+            loop.evaluate_shard(plan.task, loaded.model, samples, step, config.batch_size, config.strict, claims,
+                                shard.tag)
+            merging = wait_to_merge(plan.run_dir, claims)
+            if merging:
+                merge(plan.run_dir, plan=plan)
+    except KeyboardInterrupt:
+        print(f"\nstopped: the finished samples are kept in {plan.run_dir}; to finish the run: "
+              f"{resume_command(plan.run_dir)}", file=sys.stderr)
+        raise
     if merging:
         shutil.rmtree(plan.run_dir / CLAIMS, ignore_errors=True)
     return plan.run_dir
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"python -m vlm_eval resume {shlex.quote(str(run_dir))}"
 
 
 def wait_to_merge(run_dir: Path, claims: Claims) -> bool:
