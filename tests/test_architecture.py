@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "vlm_eval"
 # Bottom to top: a package (or top-level module) imports only from lower layers, never sideways or up.
 LAYERS = [
-    {"errors", "contracts", "__init__"},
+    {"errors", "contracts", "stopping", "__init__"},
     {"registry", "cards", "config"},
     {"data", "metrics"},
     {"results"},

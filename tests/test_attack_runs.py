@@ -124,6 +124,43 @@ def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sa
     assert metrics[0] == metrics[1] and "target_steps_median" in metrics[0]
 
 
+def test_a_stop_asked_for_mid_attack_saves_the_step_and_resume_ends_as_if_never_stopped(sample, tmp_path,
+                                                                                        monkeypatch):
+    """Ctrl-C or SIGTERM (the first) ask for a stop: the attack stops at the end of its step, saved there even
+    when no periodic snapshot is due, and resume goes on from the next step."""
+    from vlm_eval import stopping
+    from vlm_eval.attacks import snapshot
+
+    args = [*MINI, "--data-root", str(sample), "--task", "mini-coco", "--batch-size", "4", "--attack", "apgd",
+            "--steps", "10"]
+    whole = tmp_path / "whole"
+    assert main([*args, "--output-dir", str(whole)]) == 0
+    original_after_step, seen = snapshot.AttackSnapshot.after_step, []
+
+    def stop_asked_in_the_second_batch(self, step, active, state):
+        seen.append((self.batch.ids[0], step))
+        if len({ids for ids, _ in seen}) == 2 and step == 6:
+            stopping.request()  # what the first Ctrl-C or SIGTERM does
+        original_after_step(self, step, active, state)
+
+    monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", stop_asked_in_the_second_batch)
+    run = tmp_path / "run"
+    assert main([*args, "--output-dir", str(run)]) == 130
+    assert len(list((run / snapshot.STATE_DIR).iterdir())) == 1  # saved at the stop (SAVE_EVERY_S is 120 s)
+    resumed_steps = []
+
+    def recorded(self, step, active, state):
+        resumed_steps.append(step)
+        original_after_step(self, step, active, state)
+
+    monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", recorded)
+    assert main(["resume", str(run)]) == 0
+    assert resumed_steps[0] == 7
+    expected, got = ([json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+                     for folder in (whole, run))
+    assert [r["adversarial"] for r in got] == [r["adversarial"] for r in expected]
+
+
 def test_an_ensemble_run_resumed_after_its_first_batch_scores_against_the_whole_set(sample, tmp_path, monkeypatch):
     from vlm_eval.attacks import snapshot
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vlm_eval.config import PRECISIONS, RESOLUTIONS, EvalConfig
 from vlm_eval.errors import VlmEvalError
+from vlm_eval.stopping import stop_gracefully
 from vlm_eval.terminal import summary_table
 
 log = logging.getLogger("vlm_eval")
@@ -182,7 +183,6 @@ SHARD_HELP = ("this process is shard i of n (0 <= i < n) of the run in --output-
 def eval_command(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    _stop_on_sigterm()
     config = config_from(argv, args)
     if not config.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
@@ -194,12 +194,11 @@ def eval_command(argv: list[str]) -> int:
 
     shard = shard_from(args.shard)
     task_card = cards.load_card("tasks", config.task)
-    if task_card.type == "suite":
-        if shard.count > 1:
-            raise VlmEvalError("--task zeroshot-suite runs its members one after another: shard each member's run")
-        print(suite_table(run_suite(config, task_card)))
-        return 0
-    print(summary_table(run(config, shard=shard)))
+    if task_card.type == "suite" and shard.count > 1:
+        raise VlmEvalError("--task zeroshot-suite runs its members one after another: shard each member's run")
+    with stop_gracefully():
+        print(suite_table(run_suite(config, task_card)) if task_card.type == "suite"
+              else summary_table(run(config, shard=shard)))
     return 0
 
 
@@ -228,16 +227,6 @@ def explicit_options(argv: list[str]) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (schedulers' pre-emption, `kill`) stops a run as Ctrl-C does: claims given back, nothing lost."""
-    import signal
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def resume_command(argv: list[str]) -> int:
     """Finish an interrupted run in its folder, with the settings it started with."""
     p = argparse.ArgumentParser(prog="python -m vlm_eval resume",
@@ -248,11 +237,11 @@ def resume_command(argv: list[str]) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
-    _stop_on_sigterm()
     from vlm_eval.run import resume
     from vlm_eval.run.shard import shard_from
 
-    print(summary_table(resume(args.run_dir, shard_from(args.shard))))
+    with stop_gracefully():
+        print(summary_table(resume(args.run_dir, shard_from(args.shard))))
     return 0
 
 
@@ -285,8 +274,8 @@ def sweep_command(argv: list[str]) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     _setup_logging(args.verbose)
-    _stop_on_sigterm()
-    done, failed = sweep.run_sweep(sweep.load_sweep(args.sweep), shard_from(args.shard))
+    with stop_gracefully():
+        done, failed = sweep.run_sweep(sweep.load_sweep(args.sweep), shard_from(args.shard))
     print(RENDERERS["markdown"](build_tables(collect(done))), end="")
     for failure in failed:
         print(f"FAILED {failure}")

@@ -23,6 +23,7 @@ import torch
 
 from vlm_eval.attacks.executor import Worst
 from vlm_eval.attacks.schedule import Run
+from vlm_eval import stopping
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.results import partial_path, swap_in
 
@@ -102,6 +103,9 @@ class AttackSnapshot:
     def after_step(self, step: int, active: int, state: Callable[[], dict[str, torch.Tensor]]) -> None:
         self.bar.update(step - self.bar.n)
         self.bar.set_postfix(running=active, refresh=False)
+        if stopping.requested():  # a safe point: the state is whole between steps
+            self.batch.save(self.index, self.worst, state())
+            raise KeyboardInterrupt
         if time.monotonic() - self.last_save >= SAVE_EVERY_S:
             self.batch.save(self.index, self.worst, state())
             self.last_save = time.monotonic()

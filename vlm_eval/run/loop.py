@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from vlm_eval import results
+from vlm_eval import results, stopping
 from vlm_eval.contracts import VLM, Classifier, Step, TaskType
 from vlm_eval.data.samples import Sample
 from vlm_eval.errors import BadSampleError
@@ -46,6 +46,7 @@ def evaluate_shard(task: TaskType, model: VLM | Classifier, samples: list[Sample
         log.warning("resuming %s: %d of %d samples done", step.run_dir, len(done), len(samples))
     with tqdm(total=len(samples), desc="evaluating" + (f", {attack.name}" if attack else ""), unit="sample") as bar:
         while True:
+            stopping.stop_if_requested()  # between batches
             done = progress.update()
             bar.update(len(done) - bar.n)
             todo = {name: [s for s in batch if s.id not in done] for name, batch in batches.items()}
