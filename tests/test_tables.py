@@ -248,3 +248,13 @@ def test_the_command_prints_or_writes_each_format(runs_root, tmp_path, capsys, f
     output = tmp_path / "out" / f"table.{fmt}"
     assert main(["table", str(runs_root / "coco"), str(runs_root / "tgt"), "--format", fmt, "--output", str(output)]) == 0
     assert marker in output.read_text() and capsys.readouterr().out == ""
+
+
+def test_a_robust_encoder_row_shows_the_threat_model_it_was_trained_for(tmp_path):
+    write_run(tmp_path / "fare", task="mini-coco", vlm="mini-llava", encoder="mini-fare4",
+              attack=attack("apgd", "2/255"), metrics={"cider": 250.0, "cider_robust": 170.0})
+    write_run(tmp_path / "clip", task="mini-coco", vlm="mini-llava", encoder="mini-clip",
+              attack=attack("apgd", "2/255"), metrics={"cider": 340.0, "cider_robust": 150.0})
+    table = render_markdown(build_tables(collect([tmp_path])))
+    assert "| mini-llava | mini-fare4 (trained l-inf 4/255) | 250.0 | 170.0 |" in table
+    assert "| mini-llava | mini-clip | 340.0 | 150.0 |" in table  # trained clean: no radius

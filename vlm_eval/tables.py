@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from vlm_eval import cards
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.results import read_summary
 
@@ -119,7 +120,7 @@ def read_run(run_dir: Path) -> Run | None:
     try:
         resolved, metrics = summary["config"]["resolved"], summary["metrics"]
         metric = next(name for name in METRIC_NAMES if name in metrics)
-        encoder = (resolved["encoder_card"] or "native") + defense_label(summary.get("provenance", {}).get("defense"))
+        encoder = encoder_label(resolved["encoder_card"]) + defense_label(summary.get("provenance", {}).get("defense"))
         run = Run(path=Path(run_dir), task=resolved["task_card"], vlm=resolved["vlm_card"],
                   encoder=encoder, metric=metric, metrics=metrics,
                   attack=resolved.get("attack"), n_samples=summary.get("n_samples"),
@@ -132,6 +133,18 @@ def read_run(run_dir: Path) -> Run | None:
                            "tables cover captioning, VQA and zero-shot runs") from None
     except (KeyError, TypeError) as exc:
         raise VlmEvalError(f"{run_dir}/summary.json lacks {exc}: not written by this version of vlm_eval") from None
+
+
+def encoder_label(name: str | None) -> str:
+    """The encoder's row label: its card name and, for a robust encoder, the threat model it was trained for,
+    to read next to the evaluated radii ("mini-fare4 (trained l-inf 4/255)"); "native": LLaVA's own tower."""
+    if name is None:
+        return "native"
+    try:
+        trained = cards.load_card("encoders", name).trained_eps
+    except VlmEvalError:  # a checkpoint given as a path, or a card no longer there
+        return name
+    return f"{name} (trained l-inf {trained})" if trained else name
 
 
 def defense_label(defense: dict[str, Any] | None) -> str:
