@@ -218,7 +218,7 @@ def test_a_sweep_loads_its_vlm_once_skips_finished_cells_and_resumes_started_one
                      "encoder=mini-fare4__eps=2_255", "encoder=mini-fare4__eps=4_255"]
     assert len(loads) == 1  # four cells, one language model: the encoders were swapped in
     table = capsys.readouterr().out
-    assert "| mini-llava | mini-clip |" in table and "| mini-llava | mini-fare4 |" in table
+    assert "| mini-llava | mini-clip |" in table and "| mini-llava | mini-fare4 (trained l-inf 4/255) |" in table
     first = {cell: json.loads((tmp_path / "out" / cell / "summary.json").read_text()) for cell in cells}
 
     # A cell interrupted after its first batch, one never started; the two others are finished.
