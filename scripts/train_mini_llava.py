@@ -12,7 +12,6 @@ The frozen tower's layer -2 features are computed once, so training steps never 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import time
 from pathlib import Path
@@ -50,36 +49,25 @@ def main(argv: list[str] | None = None) -> None:
 
 def training_data(root: Path, limit: int | None):
     """Caption and VQA examples of the training split (through the real readers) and the image paths."""
-    from vlm_eval.data import read_karpathy_captions, read_vqa
+    from vlm_eval.miniworld.training import majority, train_split
 
-    samples = read_karpathy_captions(root / "dataset_miniworld.json", root / "images", split="train")[:limit]
-    row_of = {s.id: row for row, s in enumerate(samples)}
+    samples, questions = train_split(root, limit)
     captions = [(row, "caption", None, text) for row, s in enumerate(samples) for text in s.references]
-    questions = read_vqa(root / "vqa/miniworld_train_questions.json", root / "vqa/miniworld_train_annotations.json",
-                         root / "images/train", "{image_id}.png")
-    vqa = [(row_of[q.image_id], "vqa", q.question, majority(q.references)) for q in questions if q.image_id in row_of]
+    vqa = [(row, "vqa", q.question, majority(q.references)) for row, q in questions]
     return captions, vqa, [s.image_path for s in samples]
-
-
-def majority(answers: tuple[str, ...]) -> str:
-    """The most frequent human answer (VQA's multiple_choice_answer), the target LLaVA is trained on."""
-    return max(sorted(set(answers)), key=answers.count)
 
 
 def build_model(clip_path: Path | None):
     """A LLaVA adapter around a fresh model whose vision tower is the converted mini CLIP, and that tower."""
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from vlm_eval import cards
     from vlm_eval.encoders.convert import to_hf_vision_model
     from vlm_eval.encoders.openclip_family import load_openclip_encoder
     from vlm_eval.miniworld.tokenizers import llava_tokenizer
+    from vlm_eval.miniworld.training import mini_clip_card
     from vlm_eval.vlms.llava.adapter import LlavaAdapter
 
-    card = cards.load_card("encoders", "mini-clip")
-    if clip_path is not None:
-        card = dataclasses.replace(card, source={"path": str(clip_path.resolve()), "format": "open_clip_full"})
-    vision = to_hf_vision_model(load_openclip_encoder(card).visual)
+    vision = to_hf_vision_model(load_openclip_encoder(mini_clip_card(clip_path)).visual)
     tokenizer = llava_tokenizer()
     text_config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2, **TEXT_CONFIG)
     patches = (vision.config.image_size // vision.config.patch_size) ** 2

@@ -15,7 +15,6 @@ a transformers language-model folder and a checkpoint of the Flamingo parts by t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import time
 from pathlib import Path
@@ -53,38 +52,27 @@ def main(argv: list[str] | None = None) -> None:
 
 def training_data(root: Path, limit: int | None) -> tuple[dict[str, list[tuple]], list[Path]]:
     """Per prompt kind, (image row, question, answer, demonstration answer) of the training split, and the images."""
-    from vlm_eval.data import read_karpathy_captions, read_vqa
+    from vlm_eval.miniworld.training import majority, train_split
 
-    samples = read_karpathy_captions(root / "dataset_miniworld.json", root / "images", split="train")[:limit]
-    row_of = {s.id: row for row, s in enumerate(samples)}
+    samples, questions = train_split(root, limit)
     captions = [(row, None, text, text) for row, s in enumerate(samples) for text in s.references]
-    questions = read_vqa(root / "vqa/miniworld_train_questions.json", root / "vqa/miniworld_train_annotations.json",
-                         root / "images/train", "{image_id}.png")
-    vqa = [(row_of[q.image_id], q.question, majority(q.references), q.references[0])
-           for q in questions if q.image_id in row_of]
+    vqa = [(row, q.question, majority(q.references), q.references[0]) for row, q in questions]
     return {"caption": captions, "vqa": vqa}, [s.image_path for s in samples]
-
-
-def majority(answers: tuple[str, ...]) -> str:
-    return max(sorted(set(answers)), key=answers.count)
 
 
 def build_model(clip_path: Path | None):
     """A fresh Flamingo adapter: the mini CLIP's tower, a random MPT and fresh Flamingo parts (gates at 0)."""
     from transformers import MptConfig, MptForCausalLM
 
-    from vlm_eval import cards
     from vlm_eval.encoders.openclip_family import load_openclip_encoder
     from vlm_eval.miniworld.tokenizers import flamingo_tokenizer
+    from vlm_eval.miniworld.training import mini_clip_card
     from vlm_eval.vlms.openflamingo.adapter import FlamingoAdapter
     from vlm_eval.vlms.openflamingo.load import add_flamingo_tokens
     from vlm_eval.vlms.openflamingo.model import FlamingoModel
     from vlm_eval.vlms.openflamingo.prompts import IMAGE
 
-    card = cards.load_card("encoders", "mini-clip")
-    if clip_path is not None:
-        card = dataclasses.replace(card, source={"path": str(clip_path.resolve()), "format": "open_clip_full"})
-    encoder = load_openclip_encoder(card)
+    encoder = load_openclip_encoder(mini_clip_card(clip_path))
     tokenizer = flamingo_tokenizer()
     lm = MptForCausalLM(MptConfig(vocab_size=len(tokenizer), **LM_CONFIG))
     add_flamingo_tokens(tokenizer, lm)

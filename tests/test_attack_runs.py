@@ -79,6 +79,20 @@ def test_targeted_attack_makes_the_model_say_the_target_and_stops_there(sample, 
     assert metrics["target_steps_median"] == pytest.approx((steps[(len(steps) - 1) // 2] + steps[len(steps) // 2]) / 2)
 
 
+def record_attack_steps(monkeypatch, after_step) -> list[int]:
+    """From now on, every attack step `after_step` sees is also appended to the list returned."""
+    from vlm_eval.attacks import snapshot
+
+    steps = []
+
+    def recorded(self, step, active, state):
+        steps.append(step)
+        after_step(self, step, active, state)
+
+    monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", recorded)
+    return steps
+
+
 def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sample, tmp_path, monkeypatch, capsys,
                                                                              caplog):
     from vlm_eval.attacks import snapshot
@@ -105,13 +119,7 @@ def test_a_killed_targeted_run_resumes_mid_attack_and_ends_as_if_never_killed(sa
     assert main([*args, "--output-dir", str(run)]) == 2  # a new run does not overwrite it...
     assert f"python -m vlm_eval resume {run}" in capsys.readouterr().err  # ...and says how to finish it
 
-    resumed_steps = []
-
-    def recorded(self, step, active, state):
-        resumed_steps.append(step)
-        original_after_step(self, step, active, state)
-
-    monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", recorded)
+    resumed_steps = record_attack_steps(monkeypatch, original_after_step)
     assert main(["resume", str(run)]) == 0
     assert resumed_steps[0] == 8 and 1 in resumed_steps  # the second batch went on from step 8, then the third began
     assert "resuming" in caplog.text and not (run / snapshot.STATE_DIR).exists()
@@ -147,13 +155,7 @@ def test_a_stop_asked_for_mid_attack_saves_the_step_and_resume_ends_as_if_never_
     run = tmp_path / "run"
     assert main([*args, "--output-dir", str(run)]) == 130
     assert len(list((run / snapshot.STATE_DIR).iterdir())) == 1  # saved at the stop (SAVE_EVERY_S is 120 s)
-    resumed_steps = []
-
-    def recorded(self, step, active, state):
-        resumed_steps.append(step)
-        original_after_step(self, step, active, state)
-
-    monkeypatch.setattr(snapshot.AttackSnapshot, "after_step", recorded)
+    resumed_steps = record_attack_steps(monkeypatch, original_after_step)
     assert main(["resume", str(run)]) == 0
     assert resumed_steps[0] == 7
     expected, got = ([json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vlm_eval.miniworld import export
+from vlm_eval.miniworld.training import mini_clip_card
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
@@ -37,19 +38,10 @@ def trained_llava(world, trained_clip, tmp_path_factory) -> Path:
     return out
 
 
-def _clip_card(path: Path):
-    import dataclasses
-
-    from vlm_eval import cards
-
-    card = cards.load_card("encoders", "mini-clip")
-    return dataclasses.replace(card, source={"path": str(path), "format": "open_clip_full"})
-
-
 def test_clip_recipe_writes_a_full_clip_the_card_loads(trained_clip):
     from vlm_eval.encoders.openclip_family import load_openclip_clip
 
-    loaded = load_openclip_clip(_clip_card(trained_clip / "clip.safetensors"))
+    loaded = load_openclip_clip(mini_clip_card(trained_clip / "clip.safetensors"))
     assert loaded.model.token_embedding.num_embeddings == 72
     assert torch.isfinite(loaded.model.logit_scale)
     assert (trained_clip / "mini-clip-tokenizer.json").is_file()
@@ -62,7 +54,7 @@ def test_llava_recipe_keeps_the_vision_tower_frozen(trained_clip, trained_llava)
     from vlm_eval.encoders.openclip_family import load_openclip_encoder
 
     model = LlavaForConditionalGeneration.from_pretrained(trained_llava)
-    converted = to_hf_vision_model(load_openclip_encoder(_clip_card(trained_clip / "clip.safetensors")).visual)
+    converted = to_hf_vision_model(load_openclip_encoder(mini_clip_card(trained_clip / "clip.safetensors")).visual)
     tower = model.model.vision_tower.state_dict()
     assert all(torch.equal(tower[k], v) for k, v in converted.state_dict().items())
 
@@ -120,10 +112,10 @@ def test_flamingo_recipe_writes_what_the_card_loads_strictly_with_the_tower_unto
     from vlm_eval.vlms.openflamingo.load import load_openflamingo
 
     card = dataclasses.replace(cards.load_card("vlms", "mini-openflamingo"), path=str(trained_flamingo))
-    encoder = load_openclip_encoder(_clip_card(trained_clip / "clip.safetensors"))
+    encoder = load_openclip_encoder(mini_clip_card(trained_clip / "clip.safetensors"))
     vlm = load_openflamingo(card, encoder, torch.float32, "cpu")  # every checkpoint key checked
     assert any(p.abs().sum() > 0 for n, p in vlm.model.named_parameters() if n.endswith("_gate"))  # trained 2 steps
-    fresh = load_openclip_encoder(_clip_card(trained_clip / "clip.safetensors")).visual.state_dict()
+    fresh = load_openclip_encoder(mini_clip_card(trained_clip / "clip.safetensors")).visual.state_dict()
     assert all(torch.equal(vlm.model.vision_encoder.state_dict()[k], v) for k, v in fresh.items())
 
 
@@ -144,6 +136,6 @@ def test_flamingo_training_on_cached_tokens_equals_the_models_own_loss(world, tr
         with adapter.model.conditioned(adapter.model.perceiver(tokens[torch.tensor([rows])])):
             cached = adapter.model.lang_encoder(input_ids=ids).logits
         pixels = torch.stack([preprocess_clip_image(load_image(paths[r], str(r)), 224) for r in rows])
-        direct = adapter.model(adapter.normalize(pixels[1:], pixels[None, :1]), input_ids=ids).logits
+        direct = adapter.model(adapter.normalize(pixels[None]), input_ids=ids).logits  # both images, in order
     assert torch.allclose(cached, direct, atol=1e-4)
     assert sum(label != -100 for label in labels) > 2  # two answers and their <|endofchunk|> carry the loss

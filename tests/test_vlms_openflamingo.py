@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from vlm_eval import cards
 from vlm_eval.cli import main
@@ -16,6 +17,7 @@ from vlm_eval.data.samples import Sample
 from vlm_eval.errors import CheckpointError, VlmEvalError
 from vlm_eval.tasks.demonstrations import Demonstrations, demonstration_card
 from vlm_eval.vlms import VLM_FAMILIES
+from vlm_eval.vlms.batching import left_pad
 from vlm_eval.vlms.openflamingo.load import load_checkpoint
 from vlm_eval.vlms.openflamingo.model import FlamingoModel
 from vlm_eval.vlms.openflamingo.tiny import open_gates
@@ -92,7 +94,7 @@ def test_text_before_the_image_never_sees_it_and_text_after_does(mpt):
     ids = torch.tensor([mpt._ids(prompt + "a green cross")])
     image_at = ids[0].tolist().index(mpt.image_id)
     pixels = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    logits = [mpt.model(mpt.normalize(p[None]), input_ids=ids).logits[0] for p in pixels]
+    logits = [mpt.model(mpt.normalize(p[None, None]), input_ids=ids).logits[0] for p in pixels]
     assert torch.allclose(logits[0][:image_at], logits[1][:image_at], atol=1e-6)
     assert not torch.allclose(logits[0][image_at:], logits[1][image_at:], atol=1e-3)
 
@@ -100,7 +102,7 @@ def test_text_before_the_image_never_sees_it_and_text_after_does(mpt):
 def test_cached_generation_attends_to_the_prompts_last_image(mpt):
     """KV-cached steps carry no <image> token: they must read the prompt's image, as a full forward does."""
     ids = torch.tensor([mpt._ids(mpt.prompt("vqa", "What is it?"))])
-    latents = mpt.model.image_latents(mpt.normalize(torch.rand(1, 3, 224, 224)))
+    latents = mpt.latents(torch.rand(1, 3, 224, 224), None)
     outputs = []
     for cache in (True, False):
         with mpt.model.conditioned(latents):
@@ -141,7 +143,7 @@ def test_the_loss_is_the_summed_ce_of_the_answer_after_the_last_colon(mpt):
     assert mpt.tokenizer.decode(kept) == "yes sure"  # no <|endofchunk|>, no colon, nothing before the last colon
     pixels = torch.rand(1, 3, 224, 224)
     loss = mpt.loss_closure(Batch(["0"], pixels, [prompt], "vqa"), ["yes: sure"])(pixels)
-    logits = mpt.model(mpt.normalize(pixels), input_ids=torch.tensor([ids])).logits[0, :-1]
+    logits = mpt.model(mpt.normalize(pixels[:, None]), input_ids=torch.tensor([ids])).logits[0, :-1]
     wanted = torch.tensor(labels[1:])
     by_hand = torch.nn.functional.cross_entropy(logits, wanted, ignore_index=-100, reduction="sum")
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
@@ -167,11 +169,11 @@ def test_logits_agree_with_the_reference_open_flamingo_package(mpt):
     assert their_keys == {k for k in ours.state_dict() if not k.startswith("vision_encoder.")}
     theirs.load_state_dict(ours.state_dict(), strict=False)
     prompts = [mpt.prompt("caption", None, [(None, "a red square")] * 2), mpt.prompt("vqa", "What is it?")]
-    ids, mask = mpt._left_pad([mpt._ids(p) for p in prompts])
+    ids, mask = left_pad([mpt._ids(p) for p in prompts], mpt.pad_id, mpt.device)
     pixels = mpt.normalize(torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
     with torch.no_grad():
-        expected = theirs(pixels.unsqueeze(2), ids, attention_mask=mask.bool()).logits
-        got = ours(pixels, input_ids=ids, attention_mask=mask).logits
+        expected = theirs(pixels[:, None, None], ids, attention_mask=mask.bool()).logits  # (B, T, frames, ...)
+        got = ours(pixels[:, None], input_ids=ids, attention_mask=mask).logits
     real = mask.bool()
     assert torch.allclose(got[real], expected[real], atol=1e-4)
 
@@ -311,3 +313,22 @@ def test_an_encoder_of_another_width_is_refused_by_name():
     card = cards.load_card("encoders", "mini-clip")  # a 128-wide ViT
     with pytest.raises(CheckpointError, match="width 128 does not fit this Flamingo's resampler"):
         vlm.swap_encoder(ENCODER_FAMILIES.get(card.family).load_vision(card, None, False))
+
+
+def test_a_task_puts_each_samples_demonstrations_and_their_images_into_the_batch(mpt, tmp_path):
+    from vlm_eval.tasks import TASK_TYPES
+    from vlm_eval.tasks.data import check_task_data, read_task_samples
+
+    write_coco(tmp_path)
+    card = cards.load_card("tasks", "coco")
+    task = TASK_TYPES.get("captioning")(card, {"postprocess": "openflamingo"})
+    task.want_demonstrations(2, True, 42, tmp_path)
+    task.setup({})
+    samples = read_task_samples(card, check_task_data(card, tmp_path))
+    batch = task.batch_of(mpt, samples, torch.rand(len(samples), 3, 224, 224))
+    assert batch.kind == "caption" and batch.context.shape == (2, 2, 3, 224, 224)
+    for sample, prompt, context in zip(samples, batch.prompts, batch.context):
+        drawn = task.demonstrations.draw(sample)
+        assert prompt == mpt.prompt("caption", None, task.demonstrations.of(sample), with_images=True)
+        assert prompt.count("<image>") == 3
+        assert torch.equal(context[0], mpt.preprocess(Image.open(drawn[0].image_path)))

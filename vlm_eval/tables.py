@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import logging
 from dataclasses import dataclass, field
@@ -135,6 +136,7 @@ def read_run(run_dir: Path) -> Run | None:
         raise VlmEvalError(f"{run_dir}/summary.json lacks {exc}: not written by this version of vlm_eval") from None
 
 
+@functools.cache  # a card is read once per process, not once per run folder
 def encoder_label(name: str | None) -> str:
     """The encoder's row label: its card name and, for a robust encoder, the threat model it was trained for,
     to read next to the evaluated radii ("mini-fare4 (trained l-inf 4/255)"); "native": LLaVA's own tower."""

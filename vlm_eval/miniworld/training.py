@@ -1,8 +1,10 @@
-"""Pieces the mini world's training recipes share: image loading, normalisation, schedules, optimiser."""
+"""Pieces the mini world's training recipes share: the training split, the mini CLIP, image loading,
+normalisation, schedules, optimiser."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vlm_eval.data import load_image
+from vlm_eval.data import Sample, load_image
 from vlm_eval.data.images import CLIP_MEAN, CLIP_STD
 
 
@@ -79,3 +81,30 @@ def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def train_split(root: Path, limit: int | None) -> tuple[list[Sample], list[tuple[int, Sample]]]:
+    """The training images' caption samples (the first `limit`, through the real readers) and their VQA
+    questions, each with the row of its image."""
+    from vlm_eval.data import read_karpathy_captions, read_vqa
+
+    samples = read_karpathy_captions(root / "dataset_miniworld.json", root / "images", split="train")[:limit]
+    row_of = {s.id: row for row, s in enumerate(samples)}
+    questions = read_vqa(root / "vqa/miniworld_train_questions.json", root / "vqa/miniworld_train_annotations.json",
+                         root / "images/train", "{image_id}.png")
+    return samples, [(row_of[q.image_id], q) for q in questions if q.image_id in row_of]
+
+
+def majority(answers: tuple[str, ...]) -> str:
+    """The most frequent human answer (VQA's multiple_choice_answer), the target the VLMs are trained on."""
+    return max(sorted(set(answers)), key=answers.count)
+
+
+def mini_clip_card(clip_path: Path | None):
+    """The mini-clip encoder card, or its weights replaced by `clip_path` (a freshly trained CLIP)."""
+    from vlm_eval import cards
+
+    card = cards.load_card("encoders", "mini-clip")
+    if clip_path is None:
+        return card
+    return dataclasses.replace(card, source={"path": str(clip_path.resolve()), "format": "open_clip_full"})

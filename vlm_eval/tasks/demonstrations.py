@@ -34,19 +34,26 @@ class Demonstrations:
         self.per_sample, self.with_images, self.seed = per_sample, with_images, seed
 
     def draw(self, sample: Sample) -> list[Sample]:
+        """The sample's demonstrations: the same in every batch, shard and resumed run."""
         return random.Random(f"{self.seed}/{sample.id}").sample(self.query_set, self.per_sample)
 
     def of(self, sample: Sample) -> list[tuple[str | None, str]]:
         """(question, answer) of each of the sample's demonstrations."""
-        return [(d.question, demonstration_answer(d)) for d in self.draw(sample)]
+        return texts(self.draw(sample))
 
-    def images(self, preprocess: Callable[[Image.Image], torch.Tensor], samples: list[Sample]) -> torch.Tensor | None:
-        """(B, k, 3, H, W) in [0, 1]: the demonstrations' images, in the VLM's geometry; None: text only."""
+    def images(self, preprocess: Callable[[Image.Image], torch.Tensor],
+               drawn: list[list[Sample]]) -> torch.Tensor | None:
+        """(B, k, 3, H, W) in [0, 1]: the images of each sample's drawn demonstrations, in the VLM's
+        geometry; None: text only."""
         if not self.with_images:
             return None
         import torch
 
-        return torch.stack([torch.stack([preprocess(demonstration_image(d)) for d in self.draw(s)]) for s in samples])
+        return torch.stack([torch.stack([preprocess(demonstration_image(d)) for d in demos]) for demos in drawn])
+
+
+def texts(demonstrations: list[Sample]) -> list[tuple[str | None, str]]:
+    return [(d.question, demonstration_answer(d)) for d in demonstrations]
 
 
 def demonstration_image(sample: Sample) -> Image.Image:

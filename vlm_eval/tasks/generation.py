@@ -80,8 +80,11 @@ class GenerationTask:
         ids, demos = [s.id for s in samples], self.demonstrations
         if demos is None:
             return Batch(ids, pixels, [vlm.prompt(*self.prompt_args(s)) for s in samples], self.card.prompt)
-        prompts = [vlm.prompt(*self.prompt_args(s), demos.of(s), demos.with_images) for s in samples]
-        return Batch(ids, pixels, prompts, self.card.prompt, demos.images(vlm.preprocess, samples))
+        from vlm_eval.tasks.demonstrations import texts
+
+        drawn = [demos.draw(s) for s in samples]
+        prompts = [vlm.prompt(*self.prompt_args(s), texts(d), demos.with_images) for s, d in zip(samples, drawn)]
+        return Batch(ids, pixels, prompts, self.card.prompt, demos.images(vlm.preprocess, drawn))
 
     def evaluate_batch(self, vlm: VLM, samples: list[Sample], pixels: torch.Tensor, step: Step) -> list[Record]:
         """The batch's records: the clean outputs and, in an attacked run, the adversarial ones with their checks."""

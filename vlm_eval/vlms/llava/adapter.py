@@ -21,6 +21,7 @@ from PIL import Image
 
 from vlm_eval.contracts import Batch, ImageEncoder, LossFn
 from vlm_eval.data.images import clip_normalize, preprocess_image
+from vlm_eval.vlms.batching import left_pad
 from vlm_eval.vlms.llava.prompts import IMAGE_PLACEHOLDER, llava_prompt
 
 log = logging.getLogger(__name__)
@@ -109,20 +110,9 @@ class LlavaAdapter:
             common += 1
         return full_ids[:common], full_ids[common:] + [self.eos_id]
 
-    def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, attention_mask), both (B, T), padded on the left."""
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-        return ids.to(self.device), mask.to(self.device)
-
-    @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int) -> list[str]:
         """Greedy captions / answers, batched with left padding and a KV cache."""
-        ids, mask = self._left_pad([self.prompt_ids(p) for p in batch.prompts])
+        ids, mask = left_pad([self.prompt_ids(p) for p in batch.prompts], self.pad_id, self.device)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -149,7 +139,7 @@ class LlavaAdapter:
         if len(targets) != len(batch.prompts):
             raise ValueError(f"{len(targets)} targets for {len(batch.prompts)} prompts")
         pairs = [self.target_ids(p, t) for p, t in zip(batch.prompts, targets)]
-        ids, mask = self._left_pad([p + t for p, t in pairs])
+        ids, mask = left_pad([p + t for p, t in pairs], self.pad_id, self.device)
         width = ids.shape[1]
         labels = torch.full_like(ids, -100)
         for row, (_, target) in enumerate(pairs):

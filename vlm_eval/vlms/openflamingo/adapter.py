@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from vlm_eval.contracts import Batch, ImageEncoder, LossFn
 from vlm_eval.data.images import clip_normalize, preprocess_clip_image
 from vlm_eval.errors import CheckpointError
+from vlm_eval.vlms.batching import left_pad
 from vlm_eval.vlms.openflamingo.model import FlamingoModel, tokens_before_ln_post
 from vlm_eval.vlms.openflamingo.prompts import END_OF_CHUNK, GENERATION, IMAGE, Demonstration, chunk_answer, flamingo_prompt
 
@@ -61,15 +62,22 @@ class FlamingoAdapter:
         """open_clip's evaluation geometry: short side resized (bicubic) and centre-cropped to the encoder's size."""
         return preprocess_clip_image(image, self.image_size)
 
-    def normalize(self, pixels: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """[0, 1] query images (B, 3, H, W) and demonstrations' images (B, k, 3, H, W) or None -> the
-        normalised images of each sample in prompt order, (B, k + 1, 3, H, W)."""
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images (..., 3, H, W) -> CLIP-normalised, on the model's device and in its dtype."""
         if pixels.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(pixels.shape[-2:])}")
-        images = pixels.to(self.device).unsqueeze(1)
-        if context is not None:
-            images = torch.cat([context.to(self.device), images], dim=1)
-        return clip_normalize(images).to(self.dtype)
+        return clip_normalize(pixels.to(self.device)).to(self.dtype)
+
+    @torch.no_grad()
+    def context_latents(self, context: torch.Tensor | None) -> torch.Tensor | None:
+        """The demonstrations' images (B, k, 3, H, W) -> their latents (B, k, n, d), once per batch: constants."""
+        return None if context is None else self.model.image_latents(self.normalize(context))
+
+    def latents(self, pixels: torch.Tensor, context_latents: torch.Tensor | None) -> torch.Tensor:
+        """The latents of each sample's images in prompt order: its demonstrations', then its query image's
+        (each image is resampled on its own, so the demonstrations' can be computed once)."""
+        query = self.model.image_latents(self.normalize(pixels).unsqueeze(1))
+        return query if context_latents is None else torch.cat([context_latents, query], dim=1)
 
     @torch.no_grad()
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -77,17 +85,8 @@ class FlamingoAdapter:
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, D): the vision encoder's pooled CLIP embedding, differentiable in the pixels."""
-        pooled, _ = self.model.vision_encoder(self.normalize(pixels)[:, 0])
+        pooled, _ = self.model.vision_encoder(self.normalize(pixels))
         return pooled.float()
-
-    def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-        return ids.to(self.device), mask.to(self.device)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -103,8 +102,8 @@ class FlamingoAdapter:
         """Beam search as OpenFlamingo's evaluation runs it (3 beams; length penalty -2 for captions),
         stopping at `<|endofchunk|>`; left-padded batches, each row its own image."""
         settings = GENERATION[batch.kind or "caption"]
-        ids, mask = self._left_pad([self._ids(p) for p in batch.prompts])
-        latents = self.model.image_latents(self.normalize(batch.pixels, batch.context))
+        ids, mask = left_pad([self._ids(p) for p in batch.prompts], self.pad_id, self.device)
+        latents = self.latents(batch.pixels, self.context_latents(batch.context))
         with self.model.conditioned(latents.repeat_interleave(settings.num_beams, dim=0)):
             out = self.model.lang_encoder.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=settings.num_beams,
@@ -131,16 +130,15 @@ class FlamingoAdapter:
         if len(targets) != len(batch.prompts):
             raise ValueError(f"{len(targets)} targets for {len(batch.prompts)} prompts")
         pairs = [self.labelled_ids(p, t) for p, t in zip(batch.prompts, targets)]
-        ids, mask = self._left_pad([ids for ids, _ in pairs])
-        labels = torch.full_like(ids, -100)
-        context = None if batch.context is None else batch.context.to(self.device)
+        ids, mask = left_pad([ids for ids, _ in pairs], self.pad_id, self.device)
+        labels, context = torch.full_like(ids, -100), self.context_latents(batch.context)
         for row, (_, wanted) in enumerate(pairs):
             labels[row, ids.shape[1] - len(wanted) :] = torch.tensor(wanted, device=self.device)
 
         def loss_fn(pixels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
             pick = slice(None) if rows is None else rows.to(self.device)
-            images = self.normalize(pixels, None if context is None else context[pick])
-            logits = self.model(images, **self._lm_inputs(ids[pick], mask[pick])).logits
+            with self.model.conditioned(self.latents(pixels, None if context is None else context[pick])):
+                logits = self.model.lang_encoder(**self._lm_inputs(ids[pick], mask[pick])).logits
             ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[pick, 1:], ignore_index=-100,
                                  reduction="none")
             return ce.sum(-1)
