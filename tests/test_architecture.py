@@ -19,7 +19,7 @@ LAYERS = [
     {"attacks", "encoders"},
     {"vlms", "semantic", "tasks", "defenses"},
     {"run", "listing", "miniworld"},
-    {"report", "tables", "finetune", "terminal"},
+    {"report", "tables", "finetune", "terminal", "compare"},
     {"plots", "cli"},
     {"__main__"},
 ]

@@ -34,7 +34,7 @@ log = logging.getLogger("vlm_eval")
 # Commands of their own: name -> module with a `main(argv)`, imported on use
 # (matplotlib and jinja2 stay out of evaluation runs).
 COMMANDS = {"report": "vlm_eval.report", "table": "vlm_eval.tables", "plot": "vlm_eval.plots",
-            "finetune": "vlm_eval.finetune.command"}
+            "finetune": "vlm_eval.finetune.command", "compare": "vlm_eval.compare"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +112,9 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=defaults.shots,
                    help="in-context demonstrations for VLMs that take them (OpenFlamingo): 0 (default) is its "
                         "'0-shot' with two text-only demonstrations from the task's training split")
+    p.add_argument("--bootstrap", type=int, default=defaults.bootstrap, metavar="N",
+                   help="resamples of the 95 %% bootstrap interval given with every score (default %(default)s; "
+                        "0: none)")
     _add_attack_arguments(p, defaults)
     _add_defense_arguments(p, defaults)
     _add_semantic_arguments(p)

@@ -53,6 +53,7 @@ class EvalConfig:
     defense_args: dict[str, str] = field(default_factory=dict)  # its settings: key -> value as written
     adaptive: bool = False  # attacks go through the defence (else: computed on the undefended model)
     eot_samples: int = 1  # adaptive: draws of the defence's randomness averaged per attack step
+    bootstrap: int = 1000  # resamples of the 95 % bootstrap intervals on every score (0: none)
     masked_lm: str | None = None  # --attack text / bimodal: BERT-Attack with this masked LM instead of HotFlip
 
     def __post_init__(self) -> None:
@@ -65,6 +66,8 @@ class EvalConfig:
             raise VlmEvalError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
         if self.batch_size < 1:
             raise VlmEvalError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.bootstrap < 0:
+            raise VlmEvalError(f"--bootstrap must be >= 0 resamples (0: no intervals), got {self.bootstrap}")
         if self.steps < 1:
             raise VlmEvalError(f"--steps must be >= 1, got {self.steps}")
         if self.n_samples not in ("auto", None) and not (type(self.n_samples) is int and self.n_samples >= 1):

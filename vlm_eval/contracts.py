@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypedDict
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     import transformers
     from PIL import Image
@@ -205,6 +206,9 @@ class TaskType(Protocol):
                        step: Step) -> list[Record]: ...
 
     def aggregate(self, records: list[Record], step: Step) -> dict[str, float]: ...
+
+    # draws (r, n): how often each of `records` is drawn in r bootstrap resamples -> per metric, its r values
+    def resampled(self, records: list[Record], draws: np.ndarray) -> dict[str, np.ndarray]: ...
 
     def options(self) -> dict[str, Json]: ...
 

@@ -146,10 +146,14 @@ def file_sha256(path: str | Path) -> str:
 
 
 def summary(config: dict, provenance: dict, n_samples: int, n_skipped: int, metrics: dict[str, float],
-            semantic: dict[str, dict[str, float]] | None = None) -> dict:
+            semantic: dict[str, dict[str, float]] | None = None, intervals: dict[str, list[float]] | None = None,
+            bootstrap: dict[str, Any] | None = None) -> dict:
     """The summary.json object; NaN metrics (nothing scored) become null. `semantic`: the semantic-preservation
-    checks of an attacked run (vlm_eval.semantic), absent from clean runs."""
+    checks of an attacked run (vlm_eval.semantic), absent from clean runs. `intervals`: per metric its bootstrap
+    confidence interval [low, high], made as `bootstrap` says."""
     extra = {"semantic": semantic} if semantic else {}
+    if intervals:
+        extra |= {"intervals": intervals, "bootstrap": bootstrap}
     return {
         "schema_version": SCHEMA_VERSION,
         "config": config,

@@ -25,7 +25,12 @@ def summary_table(run_dir: Path) -> str:
         how = f"adaptive, EOT over {defense['eot_samples']}" if defense["adaptive"] else "non-adaptive"
         lines.append(f"defense     {defense['name']}   attacks {how}   tau from {defense['tau_encoder']}")
     width = max(13, *(len(name) + 1 for name in [*summary["metrics"], *summary.get("semantic", {})]))
-    lines += [f"{name:<{width}} {_metric(value)}" for name, value in summary["metrics"].items()]
+    intervals = summary.get("intervals", {})
+    lines += [f"{name:<{width}} {_metric(value)}{_interval(intervals.get(name))}" for name, value in summary["metrics"].items()]
+    if intervals:
+        bootstrap = summary["bootstrap"]
+        lines.append(f"{'':<{width}} [low, high]: {100 * bootstrap['level']:g} % bootstrap interval over the samples "
+                     f"({bootstrap['resamples']} resamples)")
     for name, stats in summary.get("semantic", {}).items():  # docs/semantic.md
         lines.append(f"{name:<{width}} " + "   ".join(f"{k} {v:.4g}" for k, v in stats.items() if v is not None))
     if prov["random_weights"]:
@@ -37,6 +42,10 @@ def _model_line(resolved: dict) -> str:
     if resolved["vlm_card"] is None:  # zero-shot classification: the encoder alone
         return f"{resolved['encoder_card']} (zero-shot classifier)"
     return f"{resolved['vlm_card']} + {resolved['encoder_card'] or 'native tower'}"
+
+
+def _interval(interval: list[float] | None) -> str:
+    return "" if interval is None else f"  [{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
 def _metric(value: float | int | None) -> str:

@@ -10,13 +10,14 @@ from vlm_eval.metrics.answers import (
     postprocess_caption,
     postprocess_vqa_answer,
 )
-from vlm_eval.metrics.cider import cider, require_java
+from vlm_eval.metrics.cider import CiderSet, cider, require_java
 from vlm_eval.metrics.vqa import VQA_NORMALIZE_MODES, normalize_answer, vqa_accuracy
 
 __all__ = [
     "CAPTION_STYLES",
     "VQA_ANSWER_STYLES",
     "VQA_NORMALIZE_MODES",
+    "CiderSet",
     "cider",
     "normalize_answer",
     "postprocess_caption",

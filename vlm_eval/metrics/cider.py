@@ -2,8 +2,8 @@
 
 Pipeline: pycocoevalcap's ``PTBTokenizer`` (Stanford CoreNLP 3.4.1, run with Java; lower-cases
 and drops punctuation tokens) on the references and, separately, on the candidates, then
-pycocoevalcap's ``Cider`` (CIDEr-D: sigma=6 length penalty, clipped counts, x10). Scores are
-reported x100 like most papers. CIDEr's idf comes from the references of the set being scored,
+pycocoevalcap's ``Cider`` arithmetic (CIDEr-D: sigma=6 length penalty, clipped counts, x10; vectorised in
+`cider_d`, equal to it to 1e-12). Scores are reported x100 like most papers. CIDEr's idf comes from the references of the set being scored,
 so per-item scores depend on the whole set: score everything in one call.
 """
 
@@ -18,9 +18,12 @@ import tempfile
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from typing import IO, TypeVar
 
-from vlm_eval.errors import MissingResourceError, VlmEvalError
+import numpy as np
 
-__all__ = ["cider", "require_java"]
+from vlm_eval.errors import MissingResourceError, VlmEvalError
+from vlm_eval.metrics.cider_d import Candidates, CiderD
+
+__all__ = ["CiderSet", "cider", "require_java"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +57,8 @@ def _preview(ids: Sequence[Hashable], limit: int = 5) -> str:
     return f"[{shown}{more}]"
 
 
-def _check_inputs(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> None:
-    """Validate ids and types; raise a ValueError/TypeError that names the culprits."""
+def _check_ids(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> None:
+    """The same ids on both sides; a ValueError that names the culprits."""
     missing = [k for k in refs if k not in cands]
     extra = [k for k in cands if k not in refs]
     if missing or extra:
@@ -67,6 +70,9 @@ def _check_inputs(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> No
         if {str(k) for k in missing} & {str(k) for k in extra}:
             parts.append("some ids differ only in type (e.g. int 1 vs str '1')")
         raise ValueError("cider: refs and cands must have the same ids; " + "; ".join(parts))
+
+
+def _check_refs(refs: Mapping[K, Sequence[str]]) -> None:
     if not refs:
         raise ValueError("cider: nothing to score (refs and cands are empty)")
     for key, ref_list in refs.items():
@@ -74,6 +80,12 @@ def _check_inputs(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> No
             raise TypeError(f"cider: refs[{key!r}] must be a list of strings, got {ref_list!r}")
         if len(ref_list) == 0:
             raise ValueError(f"cider: refs[{key!r}] is empty; every item needs a reference")
+
+
+def _check_cands(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> None:
+    unknown = [key for key in cands if key not in refs]
+    if unknown:
+        raise ValueError(f"cider: {len(unknown)} candidate id(s) have no refs: {_preview(unknown)}")
     for key, cand in cands.items():
         if not isinstance(cand, str):
             raise TypeError(f"cider: cands[{key!r}] must be a string, got {type(cand).__name__}")
@@ -134,11 +146,55 @@ def _ptb_tokenize(captions: dict[K, list[str]]) -> dict[K, list[str]]:
     return tokenized
 
 
+class CiderSet:
+    """CIDEr-D against one fixed reference set: the references are PTB-tokenised once (one Java start), each
+    candidate text once however often it is scored, and the scoring itself runs without Java.
+
+    Scores any subset of the items (relative to the whole set's idf, as the full-set score gives them) and,
+    for bootstrap intervals, every item under each resample's idf (`resampled`).
+    """
+
+    def __init__(self, refs: Mapping[K, Sequence[str]]):
+        _check_refs(refs)
+        require_java()
+        self.ids = list(refs)
+        self.row = {key: row for row, key in enumerate(self.ids)}
+        self.refs = {key: list(refs[key]) for key in self.ids}
+        tokens = _ptb_tokenize(self.refs)
+        if not any(ref.split() for key in self.ids for ref in tokens[key]):
+            # the idf would have no term at all (pycocoevalcap fails on it too)
+            raise ValueError("cider: every reference caption is empty after PTB tokenisation")
+        self.model = CiderD([tokens[key] for key in self.ids])
+        self.tokenized: dict[str, str] = {}  # candidate text -> its PTB tokens
+
+    def same_references(self, refs: Mapping[K, Sequence[str]]) -> bool:
+        return len(refs) == len(self.refs) and all(list(refs.get(key, ())) == self.refs[key] for key in self.ids)
+
+    def _prepare(self, cands: Mapping[K, str]) -> Candidates:
+        _check_cands(self.refs, cands)
+        new = sorted({text for text in cands.values() if text not in self.tokenized})
+        if new:
+            tokens = _ptb_tokenize({i: [text] for i, text in enumerate(new)})
+            self.tokenized.update((text, tokens[i][0]) for i, text in enumerate(new))
+        keys = list(cands)
+        return self.model.candidates([self.row[key] for key in keys], [self.tokenized[cands[key]] for key in keys])
+
+    def per_item(self, cands: Mapping[K, str]) -> dict[K, float]:
+        """CIDEr-D (x100) of the candidates of some items, relative to the whole reference set."""
+        scores = self.model.scores(self._prepare(cands))[0]
+        return {key: float(score) * 100.0 for key, score in zip(cands, scores)}
+
+    def resampled(self, cands: Mapping[K, str], draws: np.ndarray) -> np.ndarray:
+        """(r, len(cands)): per-item CIDEr-D (x100) under the idf of each resample; `draws` (r, N): how often
+        each item (in the order of `ids`) was drawn."""
+        return self.model.scores(self._prepare(cands), draws) * 100.0
+
+
 def cider(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> tuple[float, dict[K, float]]:
     """Compute CIDEr-D (x100) of candidate captions against reference captions.
 
     Equal to ``COCOEvalCap(...).eval["CIDEr"] * 100`` for the same data: both sides are
-    tokenised with pycocoevalcap's PTBTokenizer, then scored with its ``Cider``. The corpus
+    tokenised with pycocoevalcap's PTBTokenizer, then scored with its ``Cider`` arithmetic. The corpus
     score is the mean of the per-item scores. Because CIDEr's idf is computed from the refs of
     the evaluated set, a single-item set always scores 0 and per-item scores change with the set.
 
@@ -156,17 +212,8 @@ def cider(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> tuple[floa
         MissingResourceError: If Java (needed by the PTB tokenizer) is not on PATH.
         VlmEvalError: If the tokenizer fails.
     """
-    _check_inputs(refs, cands)
-    require_java()
-    from pycocoevalcap.cider.cider import Cider
-
-    ids = list(refs)  # one fixed order for both dicts, so the two score lists line up
-    # Tokenised separately, as COCOEvalCap does.
-    gts = _ptb_tokenize({k: list(refs[k]) for k in ids})
-    res = _ptb_tokenize({k: [cands[k]] for k in ids})
-    if not any(ref.split() for k in ids for ref in gts[k]):
-        # pycocoevalcap would fail on max() of an empty document-frequency table.
-        raise ValueError("cider: every reference caption is empty after PTB tokenisation")
-    corpus, per_item = Cider().compute_score({k: gts[k] for k in ids}, {k: res[k] for k in ids})
-    scores = {k: float(s) * 100.0 for k, s in zip(ids, per_item)}
-    return float(corpus) * 100.0, scores
+    _check_ids(refs, cands)
+    _check_refs(refs)
+    _check_cands(refs, cands)
+    per_item = CiderSet(refs).per_item({key: cands[key] for key in refs})
+    return sum(per_item.values()) / len(per_item), per_item

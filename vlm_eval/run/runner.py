@@ -98,6 +98,7 @@ def merge(run_dir: Path, partial: bool = False, plan: Plan | None = None) -> Pat
     (the summary then says so and the run stays resumable). `plan`: the running shard's, else made from
     config.json (on the CPU: scoring needs no accelerator)."""
     from vlm_eval.attacks.snapshot import STATE_DIR
+    from vlm_eval.metrics.bootstrap import Bootstrap
     from vlm_eval.semantic import semantic_summary
 
     run_dir = Path(run_dir)
@@ -117,8 +118,11 @@ def merge(run_dir: Path, partial: bool = False, plan: Plan | None = None) -> Pat
     metrics = plan.task.aggregate(records, Step(run_dir, [], plan.attack, plan.replay))
     results.replace_jsonl(run_dir / "samples.jsonl", records)  # now with scores
     results.replace_jsonl(run_dir / "skipped.jsonl", skips)
+    bootstrap = Bootstrap(resamples=plan.config.bootstrap)
+    intervals = bootstrap.intervals(lambda draws: plan.task.resampled(records, draws), len(records))
+    intervals = {name: interval for name, interval in intervals.items() if metrics.get(name) is not None}
     summary = results.summary(saved, folder.read_provenance(run_dir), len(records), len(skips), metrics,
-                              semantic_summary(records))
+                              semantic_summary(records), intervals, bootstrap.describe())
     if missing:
         summary |= {"partial": True, "n_missing": len(missing)}
     results.swap_in(run_dir / folder.SUMMARY, lambda path: results.write_json(path, summary))

@@ -10,6 +10,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 
 from vlm_eval.attacks.executor import Worst, execute, precision
@@ -17,7 +18,7 @@ from vlm_eval.attacks.snapshot import BatchSnapshot
 from vlm_eval.contracts import VLM, Batch, Json, LossFn, Record, Step
 from vlm_eval.data.samples import Sample
 from vlm_eval.results import save_adversarial
-from vlm_eval.tasks.scoring import score_records
+from vlm_eval.tasks.scoring import resampled_metrics, score_records
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -132,8 +133,14 @@ class GenerationTask:
         save_adversarial(step.run_dir, batch.ids, worst.pixels)
         return Attacked(worst.pixels, worst.output, [plan.outcome(worst, i) for i in range(len(samples))])
 
+    def resampled_scores(self, references: dict[str, list[str]], outputs: dict[str, str], draws: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
     def aggregate(self, records: list[Record], step: Step) -> dict[str, float]:
         return score_records(self.score, self.metric, records, step.attack)
+
+    def resampled(self, records: list[Record], draws: np.ndarray) -> dict[str, np.ndarray]:
+        return resampled_metrics(self.resampled_scores, self.metric, records, draws)
 
 
 class VlmTarget:
@@ -157,8 +164,7 @@ class VlmTarget:
         if self.references is None:
             return None
         ids = self.batch.ids
-        outputs = dict.fromkeys(self.references, "") | {ids[i]: self.task.postprocess(r) for i, r in zip(rows, raw)}
-        _, per_item = self.task.score(self.references, outputs)
+        _, per_item = self.task.score(self.references, {ids[i]: self.task.postprocess(r) for i, r in zip(rows, raw)})
         return [per_item[ids[i]] for i in rows]
 
 

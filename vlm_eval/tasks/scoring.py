@@ -9,13 +9,18 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
+
 from vlm_eval.contracts import Record
+from vlm_eval.metrics.bootstrap import weighted_means
 
 if TYPE_CHECKING:
     from vlm_eval.attacks.schedule import AttackPlan
 
 # the task's metric: (references by id, outputs by id) -> (corpus metrics, per-sample scores)
 Score = Callable[[dict[str, list[str]], dict[str, str]], tuple[dict[str, float], dict[str, float]]]
+# the task's per-sample scores under bootstrap resamples: (references, outputs, draws (r, n)) -> (r, n)
+ResampledScores = Callable[[dict[str, list[str]], dict[str, str], np.ndarray], np.ndarray]
 
 
 def score_records(score: Score, metric: str, records: list[Record], attack: AttackPlan | None = None) -> dict[str, float]:
@@ -82,3 +87,19 @@ def score_robust(score: Score, records: list[Record], refs: dict[str, list[str]]
     for record in records:
         record["score_robust"] = per_item[record["id"]]
     return {f"{name}_robust": value for name, value in metrics.items()}
+
+
+def resampled_metrics(scores: ResampledScores, metric: str, records: list[Record], draws: np.ndarray) -> dict[str, np.ndarray]:
+    """The metrics `score_records` reports, under each resample (`draws`, over `records` in order): clean,
+    attacked, robust (per sample the worse of the two, chosen again in each resample) and the targeted rates."""
+    refs = {r["id"]: r["references"] for r in records}
+    clean = scores(refs, {r["id"]: r["output"] for r in records}, draws)
+    values = {metric: weighted_means(draws, clean)}
+    if records and "adversarial" in records[0]:
+        attacked = scores(refs, {r["id"]: r["adversarial"]["output"] for r in records}, draws)
+        values[f"{metric}_attacked"] = weighted_means(draws, attacked)
+        values[f"{metric}_robust"] = weighted_means(draws, np.minimum(clean, attacked))
+        for rate, key in (("target_success_rate", "target_in_output"), ("target_exact_match_rate", "exact_match")):
+            if key in records[0]["adversarial"]:
+                values[rate] = weighted_means(draws, np.array([100.0 * r["adversarial"][key] for r in records]))
+    return values

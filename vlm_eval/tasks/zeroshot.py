@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 
 from vlm_eval.cards import TaskCard
@@ -19,6 +20,7 @@ from vlm_eval.data.imagefolder import ImageClass
 from vlm_eval.data.samples import Sample
 from vlm_eval.encoders.zeroshot import template_problem
 from vlm_eval.errors import CardError
+from vlm_eval.metrics.bootstrap import weighted_means
 
 if TYPE_CHECKING:
     from vlm_eval.attacks.executor import Worst
@@ -130,6 +132,13 @@ class ZeroShot:
         if records and "adversarial" in records[0]:
             metrics["accuracy_robust"] = sum(r["adversarial"]["score"] for r in records) / len(records)
         return metrics
+
+    def resampled(self, records: list[Record], draws: np.ndarray) -> dict[str, np.ndarray]:
+        """Accuracy and robust accuracy under each bootstrap resample (`draws`, over `records` in order)."""
+        values = {"accuracy": weighted_means(draws, np.array([r["score"] for r in records]))}
+        if records and "adversarial" in records[0]:
+            values["accuracy_robust"] = weighted_means(draws, np.array([r["adversarial"]["score"] for r in records]))
+        return values
 
     def metrics(self, records: list[Record], n_classes: int) -> dict[str, float]:
         accuracy = sum(r["score"] for r in records) / len(records) if records else float("nan")
