@@ -70,7 +70,7 @@ def test_score_lines_are_the_summaries_numbers_against_eps(untargeted_root):
     figure = score_figure(build_tables(collect([untargeted_root])))
     coco, vqa = figure.axes
     lines = {line.get_label(): list(line.get_ydata()) for line in coco.get_lines()}
-    assert lines == {"llava + native": [120.0, 20.0, 5.0], "llava + robust-clip": [100.0, 70.0, 55.0]}
+    assert lines == {"llava + native (n = 1)": [120.0, 20.0, 5.0], "llava + robust-clip (n = 1)": [100.0, 70.0, 55.0]}
     assert [list(line.get_xdata()) for line in coco.get_lines()] == [pytest.approx([0, 2 / 255, 4 / 255])] * 2
     assert [tick.get_text() for tick in coco.get_xticklabels()] == ["clean", "2/255", "4/255"]
     assert coco.get_ylabel() == "CIDEr" and vqa.get_ylabel() == "VQA accuracy"
@@ -91,9 +91,11 @@ def test_semantic_histograms_have_a_panel_per_present_field_and_count_every_fini
     assert [ax.get_title() for ax in figure.axes] == ["perturbation linf (x 1/255)", "perturbation l2", "image cosine"]
     linf, l2, cosine = figure.axes
     robust, native = "llava + robust-clip, coco, targeted 2/255", "llava + native, coco, targeted 4/255"
-    assert bin_counts(linf, robust) == bin_counts(l2, robust) and sum(bin_counts(linf, robust)) == 3
-    assert sum(bin_counts(linf, native)) == 2
-    assert sum(bin_counts(cosine, robust)) == 2 and [p.get_label() for p in cosine.patches] == [robust]  # NaN left out
+    assert bin_counts(linf, f"{robust} (n = 3)") == bin_counts(l2, f"{robust} (n = 3)")
+    assert sum(bin_counts(linf, f"{robust} (n = 3)")) == 3
+    assert sum(bin_counts(linf, f"{native} (n = 2)")) == 2
+    assert [p.get_label() for p in cosine.patches] == [f"{robust} (n = 2)"]  # NaN left out
+    assert sorted(line.get_label() for line in linf.get_lines()) == ["eps = 2/255", "eps = 4/255"]  # the radii
 
 
 def bin_counts(ax, label: str) -> list[float]:
@@ -157,3 +159,19 @@ def test_long_targets_are_cut_in_the_middle_keeping_their_eps():
     assert tick_label("a cat 4/255") == "a cat 4/255"
     label = tick_label("Visit https://tinyurl.com/23cbjxjz for more information 4/255")
     assert len(label) == 32 and label.startswith("Visit https://") and label.endswith("4/255") and "…" in label
+
+
+def test_score_points_carry_error_bars_and_a_point_on_other_samples_stands_apart(tmp_path):
+    interval = {"intervals": {"cider": [90.0, 104.0], "cider_robust": [40.0, 52.0]}}
+    write_run(tmp_path / "clean", "enc", {"cider": 100.0}, adversarial=[{}] * 4)
+    write_run(tmp_path / "apgd4", "enc", {"cider": 99.0, "cider_robust": 50.0}, apgd(4))
+    for name, extra in (("clean", interval), ("apgd4", interval)):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        (tmp_path / name / "summary.json").write_text(json.dumps({**summary, **extra}))
+    [ax] = score_figure(build_tables(collect([tmp_path]))).axes
+    lines = {line.get_label(): (list(line.get_ydata()), line.get_linestyle()) for line in ax.get_lines()
+             if not line.get_label().startswith("_")}
+    assert lines == {"llava + enc (n = 4)": ([100.0], "-"), "llava + enc (n = 4), † other samples": ([50.0], "None")}
+    bars = [c for c in ax.containers if c.has_yerr]
+    segments = [segment[:, 1].tolist() for c in bars for segment in c.lines[2][0].get_segments()]
+    assert segments == [[90.0, 104.0], [40.0, 52.0]]  # each point's interval, the hollow one's too

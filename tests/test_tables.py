@@ -12,19 +12,21 @@ import pytest
 
 from vlm_eval.cli import main
 from vlm_eval.errors import VlmEvalError
-from vlm_eval.tables import build_tables, collect, latex_escape, render_csv, render_latex, render_markdown
+from vlm_eval.tables import build_tables, collect, latex_escape, render_paper_csv, render_latex, render_markdown
 
 EPS = {"2/255": 2 / 255, "4/255": 4 / 255}
 
 
 def write_run(folder: Path, *, task: str = "coco", vlm: str | None = "llava", encoder: str | None = "enc_a",
               attack: dict | None = None, metrics: dict, random_weights: bool = False,
-              defense: dict | None = None) -> Path:
+              defense: dict | None = None, n: int = 8, intervals: dict | None = None) -> Path:
     """A finished run folder as the runner writes it (only the fields the tables read are filled)."""
     folder.mkdir(parents=True)
     resolved = {"vlm_card": vlm, "encoder_card": encoder, "task_card": task, "attack": attack}
-    summary = {"schema_version": 1, "config": {"resolved": resolved}, "n_samples": 8, "n_skipped": 0,
-               "provenance": {"random_weights": random_weights, "defense": defense}, "metrics": metrics}
+    summary = {"schema_version": 1, "config": {"resolved": resolved}, "n_samples": n, "n_skipped": 0,
+               "provenance": {"random_weights": random_weights, "defense": defense}, "metrics": metrics,
+               **({"intervals": intervals} if intervals else {})}
+    (folder / "subset_ids.txt").write_text("\n".join(str(i) for i in range(n)) + "\n")
     (folder / "config.json").write_text(json.dumps(resolved))
     (folder / "summary.json").write_text(json.dumps(summary))
     (folder / "samples.jsonl").write_text("")
@@ -66,14 +68,15 @@ def runs_root(tmp_path: Path) -> Path:
 
 
 def parse_csv(text: str) -> dict[tuple[str, ...], dict[str, str]]:
-    """{(table title, *row): {column header: cell}} from the blocks render_csv writes."""
+    """{(table title, *row): {column header: cell}} from the blocks render_paper_csv writes."""
     cells = {}
     for block in text.strip().split("\n\n"):
         reader = csv.reader(block.splitlines())
         header = next(reader)
-        key_length = header.index("encoder") + 1  # "table", the row names, then the value columns
+        key_length = header.index("encoder") + 1  # "table", the row names, n, then the value columns
+        assert header[key_length] == "n"
         for line in reader:
-            cells[tuple(line[:key_length])] = dict(zip(header[key_length:], line[key_length:]))
+            cells[tuple(line[:key_length])] = dict(zip(header[key_length + 1:], line[key_length + 1:]))
     return cells
 
 
@@ -97,7 +100,7 @@ def expected_cells() -> dict[tuple[str, ...], dict[str, float]]:
 
 
 def test_every_cell_is_the_number_in_its_summary(runs_root):
-    cells = parse_csv(render_csv(build_tables(collect([runs_root]))))
+    cells = parse_csv(render_paper_csv(build_tables(collect([runs_root]))))
     for row, columns in expected_cells().items():
         assert {name: cells[row][name] for name in columns} == {name: f"{v:.1f}" for name, v in columns.items()}
     assert cells[("coco: CIDEr", "llava", "native")]["2/255"] == ""  # no run: an empty cell
@@ -149,7 +152,7 @@ def table_numbers(text: str, row_line: str) -> list[str]:
 
 def test_markdown_and_latex_hold_the_same_numbers_as_the_csv(runs_root):
     tables = build_tables(collect([runs_root]))
-    from_csv = [cell for row in parse_csv(render_csv(tables)).values() for cell in row.values() if cell]
+    from_csv = [cell for row in parse_csv(render_paper_csv(tables)).values() for cell in row.values() if cell]
     assert len(from_csv) == 15  # 5 + 3 captioning, 2 targeted, 3 VQA, 2 zero-shot
     assert table_numbers(render_markdown(tables), r"\| (llava|enc_a|enc\\_a)") == from_csv
     assert table_numbers(render_latex(tables), r"(llava|enc\\_a) &") == from_csv
@@ -157,10 +160,10 @@ def test_markdown_and_latex_hold_the_same_numbers_as_the_csv(runs_root):
 
 def test_missing_cells_show_an_en_dash(runs_root):
     tables = build_tables(collect([runs_root]))
-    assert ("| VLM | encoder | clean | 2/255 | 2/255 attacked | 4/255 | 4/255 attacked |\n"
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |") in render_markdown(tables)
-    assert "| llava | native | 122.0 | – | – | 2.1 | 3.5 |" in render_markdown(tables)
-    assert r"llava & native & 122.0 & -- & -- & 2.1 & 3.5 \\" in render_latex(tables)
+    assert ("| VLM | encoder | n | clean | 2/255 | 2/255 attacked | 4/255 | 4/255 attacked |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |") in render_markdown(tables)
+    assert "| llava | native | 8 | 122.0 | – | – | 2.1 | 3.5 |" in render_markdown(tables)
+    assert r"llava & native & 8 & 122.0 & -- & -- & 2.1 & 3.5 \\" in render_latex(tables)
 
 
 def test_latex_escapes_special_characters(runs_root):
@@ -238,9 +241,10 @@ def test_a_parent_folder_yields_its_nested_runs_sorted_and_skips_unfinished_ones
     assert len(collect([runs_root / "coco", runs_root, runs_root / "coco" / "a-clean"])) == len(RUNS)  # each once
 
 
-@pytest.mark.parametrize("fmt, marker", [("markdown", "| llava | enc_a | 110.0 | 61.3 | 70.3 | 33.3 | 48.9 |"),
-                                         ("csv", "coco: CIDEr,llava,enc_a,110.0,61.3,70.3,33.3,48.9"),
-                                         ("latex", r"llava & enc\_a & 110.0 & 61.3 & 70.3 & 33.3 & 48.9 \\")])
+@pytest.mark.parametrize("fmt, marker", [("markdown", "| llava | enc_a | 8 | 110.0 | 61.3 | 70.3 | 33.3 | 48.9 |"),
+                                         ("paper-csv", "coco: CIDEr,llava,enc_a,8,110.0,61.3,70.3,33.3,48.9"),
+                                         ("latex", r"llava & enc\_a & 8 & 110.0 & 61.3 & 70.3 & 33.3 & 48.9 \\"),
+                                         ("csv", "coco,llava,enc_a,apgd,linf,0.0156862745")])
 def test_the_command_prints_or_writes_each_format(runs_root, tmp_path, capsys, fmt, marker):
     assert main(["table", str(runs_root), "--format", fmt]) == 0
     printed = capsys.readouterr().out
@@ -256,5 +260,35 @@ def test_a_robust_encoder_row_shows_the_threat_model_it_was_trained_for(tmp_path
     write_run(tmp_path / "clip", task="mini-coco", vlm="mini-llava", encoder="mini-clip",
               attack=attack("apgd", "2/255"), metrics={"cider": 340.0, "cider_robust": 150.0})
     table = render_markdown(build_tables(collect([tmp_path])))
-    assert "| mini-llava | mini-fare4 (trained l-inf 4/255) | 250.0 | 170.0 |" in table
-    assert "| mini-llava | mini-clip | 340.0 | 150.0 |" in table  # trained clean: no radius
+    assert "| mini-llava | mini-fare4 (trained l-inf 4/255) | 8 | 250.0 | 170.0 |" in table
+    assert "| mini-llava | mini-clip | 8 | 340.0 | 150.0 |" in table  # trained clean: no radius
+
+
+def test_cells_show_their_interval_and_a_cell_on_other_samples_is_marked(tmp_path):
+    write_run(tmp_path / "clean", metrics={"cider": 110.0}, n=500, intervals={"cider": [100.0, 122.0]})
+    write_run(tmp_path / "apgd", attack=attack("apgd", "4/255"), metrics={"cider": 100.0, "cider_robust": 40.0},
+              n=16, intervals={"cider": [90.0, 111.0], "cider_robust": [35.0, 46.0]})
+    [table] = build_tables(collect([tmp_path]))
+    text = render_markdown([table])
+    assert "| llava | enc_a | 500 | 110.0 ± 11.0 | 40.0 ± 5.5 † (n = 16) |" in text
+    assert "llava + enc_a, 4/255: scored on other samples (n = 16, apgd)" in text and "(n = 500, clean)" in text
+    assert "± half the width of the 95 % bootstrap interval" in text
+    assert "| 110.0 [100.0, 122.0] | 40.0 [35.0, 46.0] † (n = 16) |" in render_markdown([table], ci="interval")
+    assert "| 110.0 | 40.0 † (n = 16) |" in render_markdown([table], ci="none")
+    assert r"110.0 $\pm$ 11.0 & 40.0 $\pm$ 5.5 $^\dagger$ (n = 16)" in render_latex([table])
+    write_run(tmp_path / "same" / "clean", metrics={"cider": 110.0})
+    write_run(tmp_path / "same" / "apgd", attack=attack("apgd", "4/255"), metrics={"cider": 110.0, "cider_robust": 4.0})
+    [same] = build_tables(collect([tmp_path / "same"]))
+    assert not any(cell.other_samples for cells in same.cells.values() for cell in cells if cell)
+
+
+def test_tidy_csv_has_one_row_per_run_and_metric(runs_root, capsys):
+    assert main(["table", str(runs_root), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert len(rows) == sum(len(metrics) for *_, metrics in RUNS)
+    by_key = {(row["run"].split("results/")[1], row["metric"]): row for row in rows}
+    for folder, task, vlm, encoder, threat, metrics in RUNS:
+        for metric, value in metrics.items():
+            row = by_key[(folder, metric)]
+            assert (row["task"], row["vlm"], float(row["value"]), row["n_samples"]) == (task, vlm or "", value, "8")
+            assert row["attack"] == (threat["name"] if threat else "none")

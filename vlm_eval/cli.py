@@ -268,7 +268,7 @@ def sweep_command(argv: list[str]) -> int:
     """Run a grid of evaluations (vlm_eval.run.sweep), then print their tables."""
     from vlm_eval.run import sweep
     from vlm_eval.run.shard import shard_from
-    from vlm_eval.tables import RENDERERS, build_tables, collect
+    from vlm_eval.tables import build_tables, collect, render_markdown
 
     p = argparse.ArgumentParser(prog="python -m vlm_eval sweep", description=sweep.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,7 +279,7 @@ def sweep_command(argv: list[str]) -> int:
     _setup_logging(args.verbose)
     with stop_gracefully():
         done, failed = sweep.run_sweep(sweep.load_sweep(args.sweep), shard_from(args.shard))
-    print(RENDERERS["markdown"](build_tables(collect(done))), end="")
+    print(render_markdown(build_tables(collect(done))), end="")
     for failure in failed:
         print(f"FAILED {failure}")
     return 2 if failed else 0

@@ -1,9 +1,12 @@
 """`python -m vlm_eval plot`: figures of finished runs, from the same run collection as the tables.
 
-score_vs_eps: the score against eps (clean at 0) per (VLM, encoder), one panel per task.
+score_vs_eps: the score against eps (clean at 0) per (VLM, encoder), one panel per task, with the 95 %
+bootstrap intervals as error bars; a point scored on other samples than its line's clean score is drawn
+hollow and left unconnected; zero-shot panels draw the chance level.
 targeted_success: the targeted attack's success rate per encoder and eps, as bars.
-semantic_distributions: per attacked run, histograms of how far the attack moved each image and how much of
-its meaning survived. Matplotlib's object API on the Agg canvas: no pyplot, no display, no global state.
+semantic_distributions: per attacked run, histograms of how far the attack moved each image (with the attack's
+radius drawn) and how much of its meaning survived. Legends sit outside the data, each line's label gives its
+sample count. Matplotlib's object API on the Agg canvas: no pyplot, no display, no global state.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from vlm_eval.results import read_samples
-from vlm_eval.tables import Run, Table, add_run_dirs_argument, build_tables, collect
+from vlm_eval.tables import Cell, Run, Table, add_run_dirs_argument, build_tables, collect
 
 SEMANTIC_FIELDS = {  # panel title -> where the per-sample value sits in record["adversarial"], and its scale
     "perturbation linf (x 1/255)": ("perturbation", "linf", 255.0),
@@ -50,16 +54,45 @@ def score_figure(tables: list[Table]) -> Figure | None:
     figure, axes = panels(len(scores))
     for ax, table in zip(axes, scores):
         robust = [k for k, column in enumerate(table.columns) if not column.attacked]  # one line: robust per eps
-        columns = [table.columns[k] for k in robust]
-        for row, cells in table.rows.items():
+        for row, cells in table.cells.items():
             points = [(table.columns[k].eps, cells[k]) for k in robust if cells[k] is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=" + ".join(row))
+                score_line(ax, " + ".join(row) + f" (n = {table.row_n(row)})", points)
+        chance = {cell.run.metrics.get("chance") for cells in table.cells.values() for cell in cells if cell}
+        for level in sorted(value for value in chance if value is not None):
+            ax.axhline(level, color="grey", linestyle=":", label=f"chance ({level:.1f})")
+        columns = [table.columns[k] for k in robust]
         ax.set_xticks([column.eps for column in columns], [column.header for column in columns])
         ax.set(title=table.title, xlabel="eps", ylabel=table.quantity)
         ax.set_ylim(bottom=0)
         _legend(ax)
+    figure.supxlabel("error bars: 95 % bootstrap intervals over the samples; hollow: scored on other samples "
+                     "than the line's clean score (not connected)", fontsize="small")
     return figure
+
+
+def score_line(ax: Axes, label: str, points: list[tuple[float, Cell]]) -> None:
+    """The line through the cells on the row's samples, error bars on all, hollow markers on the others."""
+    same = [(eps, cell) for eps, cell in points if not cell.other_samples]
+    other = [(eps, cell) for eps, cell in points if cell.other_samples]
+    color = None
+    for group, style in ((same, {"label": label}),
+                         (other, {"label": f"{label}, † other samples", "linestyle": "none", "markerfacecolor": "none"})):
+        if group:
+            xs, ys, errors = _xy_err(group)
+            color = ax.plot(xs, ys, marker="o", color=color, **style)[0].get_color()
+            if errors is not None:
+                ax.errorbar(xs, ys, yerr=errors, fmt="none", ecolor=color, capsize=3)
+
+
+def _xy_err(points: list[tuple[float, Cell]]) -> tuple[list[float], list[float], list[list[float]] | None]:
+    """x, y and the asymmetric error bars of the cells that have an interval (0 for those without)."""
+    xs, ys = [eps for eps, _ in points], [cell.value for _, cell in points]
+    if not any(cell.interval for _, cell in points):
+        return xs, ys, None
+    low = [cell.value - cell.interval[0] if cell.interval else 0.0 for _, cell in points]
+    high = [cell.interval[1] - cell.value if cell.interval else 0.0 for _, cell in points]
+    return xs, ys, [low, high]
 
 
 def targeted_figure(tables: list[Table]) -> Figure | None:
@@ -109,7 +142,12 @@ def semantic_figure(runs: list[Run]) -> Figure | None:
         edges = shared_bins([v for _, values in measured for v in values.get(name, [])])
         for run, values in measured:
             if name in values:
-                ax.hist(values[name], bins=edges, histtype="stepfilled", alpha=0.5, label=run_label(run))
+                ax.hist(values[name], bins=edges, histtype="stepfilled", alpha=0.5,
+                        label=f"{run_label(run)} (n = {len(values[name])})")
+        if name == "perturbation linf (x 1/255)":
+            for eps in sorted({255 * run.attack["eps"] for run, _ in measured if run.attack.get("norm") == "linf"}):
+                ax.axvline(eps, color="black", linestyle="--", label=f"eps = {eps:g}/255")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of samples
         ax.set(title=name, xlabel=name, ylabel="samples")
         _legend(ax)
     return figure
@@ -128,8 +166,9 @@ def run_label(run: Run) -> str:
 
 
 def _legend(ax: Axes) -> None:
+    """Below the panel, out of the data's way."""
     if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=1, frameon=False)
 
 
 def save_figure(figure: Figure, stem: Path, formats: Iterable[str]) -> list[Path]:

@@ -3,19 +3,20 @@
 Per task, one row per (VLM, encoder) (per encoder for zero-shot): the clean score, then per eps the robust
 score (per sample the worse of clean and attacked: the FARE paper's ensemble number) and, where single
 attacks ran, the score of their attacked outputs alone ("attacked": the number RobustVLM's `--attack apgd`
-prints). Targeted runs get their own table: the success rate per (target, eps). Markdown, CSV or LaTeX.
+prints). Targeted runs get their own table: the success rate per (target, eps). Each cell keeps its run: the
+bootstrap interval and the number of samples it was scored on; a cell scored on other samples than its row's
+clean score is marked (`Cell.other_samples`) and explained in a note.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
+import dataclasses
 import functools
-import io
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from vlm_eval import cards
 from vlm_eval.errors import VlmEvalError
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 
 METRIC_NAMES = {"cider": "CIDEr", "vqa_accuracy": "VQA accuracy", "accuracy": "accuracy"}  # the tasks' main metrics
 SUCCESS_RATE = "target success rate (%)"
-LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,8 @@ class Run:
     attack: dict[str, Any] | None  # None: a clean run
     n_samples: int | None
     random_weights: bool
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # metric -> its bootstrap interval
+    samples: str = ""  # which samples were scored: runs with other values scored other samples
 
     @property
     def row(self) -> tuple[str, ...]:
@@ -74,6 +75,29 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Cell:
+    """One number of a table and the run it comes from."""
+
+    value: float
+    run: Run
+    metric: str  # its key in the run's metrics
+    other_samples: bool = False  # scored on other samples than its row's clean score
+
+    @property
+    def interval(self) -> list[float] | None:
+        return self.run.intervals.get(self.metric)
+
+    @property
+    def n(self) -> int | None:
+        return self.run.n_samples
+
+
+def cell_of(run: Run, metric: str) -> Cell | None:
+    value = run.metrics.get(metric)
+    return None if value is None else Cell(value, run, metric)
+
+
+@dataclass(frozen=True)
 class Column:
     header: str
     eps: float  # 0 for the clean column: the x position in plots
@@ -87,12 +111,21 @@ class Table:
     quantity: str  # what the cells hold, e.g. "CIDEr"
     row_names: tuple[str, ...]
     columns: list[Column]
-    rows: dict[tuple[str, ...], list[float | None]]
+    cells: dict[tuple[str, ...], list[Cell | None]]
     notes: list[str] = field(default_factory=list)
 
     @property
     def header(self) -> list[str]:
         return [*self.row_names, *(column.header for column in self.columns)]
+
+    @property
+    def rows(self) -> dict[tuple[str, ...], list[float | None]]:
+        """The numbers alone."""
+        return {row: [None if cell is None else cell.value for cell in cells] for row, cells in self.cells.items()}
+
+    def row_n(self, row: tuple[str, ...]) -> int | None:
+        """The row's sample count: its clean score's (its first cell's); marked cells have their own."""
+        return next((cell.n for cell in self.cells[row] if cell is not None and not cell.other_samples), None)
 
 
 def find_run_dirs(path: Path) -> list[Path]:
@@ -125,7 +158,8 @@ def read_run(run_dir: Path) -> Run | None:
         run = Run(path=Path(run_dir), task=resolved["task_card"], vlm=resolved["vlm_card"],
                   encoder=encoder, metric=metric, metrics=metrics,
                   attack=resolved.get("attack"), n_samples=summary.get("n_samples"),
-                  random_weights=bool(summary.get("provenance", {}).get("random_weights")))
+                  random_weights=bool(summary.get("provenance", {}).get("random_weights")),
+                  intervals=summary.get("intervals", {}), samples=sample_set(Path(run_dir), summary))
         if run.attack is not None:
             _threat(run)  # every attack has a norm and an eps: a summary without one fails here, by name
         return run
@@ -134,6 +168,13 @@ def read_run(run_dir: Path) -> Run | None:
                            "tables cover captioning, VQA and zero-shot runs") from None
     except (KeyError, TypeError) as exc:
         raise VlmEvalError(f"{run_dir}/summary.json lacks {exc}: not written by this version of vlm_eval") from None
+
+
+def sample_set(run_dir: Path, summary: dict) -> str:
+    """A fingerprint of the samples a run scored: its subset's ids and how many it skipped."""
+    ids = run_dir / "subset_ids.txt"
+    subset = hashlib.sha256(ids.read_bytes()).hexdigest()[:16] if ids.is_file() else f"n={summary.get('n_samples')}"
+    return f"{summary['config']['resolved']['task_card']}/{subset}/skipped={summary.get('n_skipped')}"
 
 
 @functools.cache  # a card is read once per process, not once per run folder
@@ -181,22 +222,23 @@ def score_table(runs: list[Run]) -> Table:
     untargeted = [run for run in runs if run.untargeted]
     keys, headers = sorted({_threat(run) for run in untargeted}), _threat_headers(untargeted)
     attacked_headers = {key: f"{header} attacked" for key, header in headers.items()}
-    robust = _cells(untargeted, keys, _threat, lambda run: run.metrics.get(f"{run.metric}_robust"), "lowest",
+    robust = _cells(untargeted, keys, _threat, lambda run: cell_of(run, f"{run.metric}_robust"), "lowest",
                     headers, notes)
-    attacked = _cells(untargeted, keys, _threat, lambda run: run.metrics.get(f"{run.metric}_attacked"), "lowest",
+    attacked = _cells(untargeted, keys, _threat, lambda run: cell_of(run, f"{run.metric}_attacked"), "lowest",
                       attacked_headers, notes)
     columns, picks = [Column("clean", 0.0)], []  # picks: (the cells, the key's position) of each value column
     for k, key in enumerate(keys):
         columns.append(Column(headers[key], key[1]))
         picks.append((robust, k))
-        if any(values[k] is not None for values in attacked.values()):
+        if any(cells[k] is not None for cells in attacked.values()):
             columns.append(Column(attacked_headers[key], key[1], attacked=True))
             picks.append((attacked, k))
-    rows = {row: [_clean_value(members, notes)] + [cells.get(row, [None] * len(keys))[k] for cells, k in picks]
+    rows = {row: [_clean_cell(members, notes)] + [cells.get(row, [None] * len(keys))[k] for cells, k in picks]
             for row, members in _group(runs, lambda run: run.row).items()}
     name = METRIC_NAMES[first.metric]
     title = f"{first.task}{' (zero-shot)' if first.vlm is None else ''}: {name}"
-    return Table(title, "score", name, first.row_names, columns, rows, notes + _random_note(runs))
+    return Table(title, "score", name, first.row_names, columns, _mark_other_samples(rows, columns, notes),
+                 notes + _random_note(runs))
 
 
 def targeted_table(runs: list[Run]) -> Table:
@@ -204,17 +246,33 @@ def targeted_table(runs: list[Run]) -> Table:
     notes: list[str] = []
     keys, eps_headers = sorted({_target_threat(run) for run in runs}), _threat_headers(runs)
     headers = {key: f"{key[0]} {eps_headers[key[1:]]}" for key in keys}
-    rows = _cells(runs, keys, _target_threat, lambda run: run.metrics.get("target_success_rate"), "highest",
+    rows = _cells(runs, keys, _target_threat, lambda run: cell_of(run, "target_success_rate"), "highest",
                   headers, notes)
     columns = [Column(headers[key], key[2]) for key in keys]
     return Table(f"{runs[0].task}: targeted attack, {SUCCESS_RATE}", "targeted", SUCCESS_RATE,
-                 runs[0].row_names, columns, rows, notes + _random_note(runs))
+                 runs[0].row_names, columns, _mark_other_samples(rows, columns, notes), notes + _random_note(runs))
 
 
-def _cells(runs: list[Run], keys: list[tuple], key_of: Callable[[Run], tuple], value_of: Callable[[Run], Any],
-           which: str, headers: dict[tuple, str], notes: list[str]) -> dict[tuple[str, ...], list[float | None]]:
-    """Per row, one value per column key: the `which` ("lowest" or "highest") of the runs in that cell."""
-    return {row: [_pick([(value_of(run), run) for run in members if key_of(run) == key], which,
+def _mark_other_samples(rows: dict[tuple[str, ...], list[Cell | None]], columns: list[Column],
+                        notes: list[str]) -> dict[tuple[str, ...], list[Cell | None]]:
+    """Mark each cell scored on other samples than its row's first one, with a note naming both sets' sizes."""
+    marked = {}
+    for row, cells in rows.items():
+        first = next((cell for cell in cells if cell is not None), None)
+        marked[row] = [cell if cell is None or first is None or cell.run.samples == first.run.samples
+                       else dataclasses.replace(cell, other_samples=True) for cell in cells]
+        for column, cell in zip(columns, marked[row]):
+            if cell is not None and cell.other_samples:
+                notes.append(f"† {' + '.join(row)}, {column.header}: scored on other samples (n = {cell.n}, "
+                             f"{cell.run.path.name}) than the row's {columns[cells.index(first)].header} score "
+                             f"(n = {first.n}, {first.run.path.name}); the two are not comparable as they stand")
+    return marked
+
+
+def _cells(runs: list[Run], keys: list[tuple], key_of: Callable[[Run], tuple], cell_of: Callable[[Run], Cell | None],
+           which: str, headers: dict[tuple, str], notes: list[str]) -> dict[tuple[str, ...], list[Cell | None]]:
+    """Per row, one cell per column key: the `which` ("lowest" or "highest") of the runs in that cell."""
+    return {row: [_pick([cell_of(run) for run in members if key_of(run) == key], which,
                         f"{' + '.join(row)}, {headers[key]}", notes) for key in keys]
             for row, members in _group(runs, lambda run: run.row).items()}
 
@@ -246,27 +304,26 @@ def _group(runs: list[Run], key: Callable[[Run], Any]) -> dict[Any, list[Run]]:
     return groups
 
 
-def _pick(found: list[tuple[float | None, Run]], which: str, where: str, notes: list[str]) -> float | None:
-    """One value for a cell: the lowest or highest of the runs that fill it, with a note when several do."""
-    scored = [(value, run) for value, run in found if value is not None]
+def _pick(found: list[Cell | None], which: str, where: str, notes: list[str]) -> Cell | None:
+    """One cell: the lowest or highest of the runs that fill it, with a note when several do."""
+    scored = [cell for cell in found if cell is not None]
     if len(scored) > 1:
-        each = "; ".join(f"{run.attack_text} {value:.1f} ({run.source})" for value, run in scored)
+        each = "; ".join(f"{cell.run.attack_text} {cell.value:.1f} ({cell.run.source})" for cell in scored)
         notes.append(f"{where}: the {which} of {len(scored)} runs ({each})")
-    values = [value for value, _ in scored]
-    return (min if which == "lowest" else max)(values) if values else None
+    pick = min if which == "lowest" else max
+    return pick(scored, key=lambda cell: cell.value) if scored else None
 
 
-def _clean_value(runs: list[Run], notes: list[str]) -> float | None:
+def _clean_cell(runs: list[Run], notes: list[str]) -> Cell | None:
     """The clean score: a clean run's if there is one, else the first attacked run's (they all carry it)."""
-    scored = [(run.metrics.get(run.metric), run) for run in runs]
-    scored = [(value, run) for value, run in scored if value is not None]
+    scored = [cell for cell in (cell_of(run, run.metric) for run in runs) if cell is not None]
     if not scored:
         return None
-    value, source = sorted(scored, key=lambda pair: pair[1].attack is not None)[0]
-    if any(abs(other - value) > 1e-9 for other, _ in scored):
-        each = "; ".join(f"{other:.1f} ({run.source})" for other, run in scored)
-        notes.append(f"{' + '.join(source.row)}, clean: the runs disagree ({each}); shown: {source.path.name}")
-    return value
+    shown = sorted(scored, key=lambda cell: cell.run.attack is not None)[0]
+    if any(abs(cell.value - shown.value) > 1e-9 for cell in scored):
+        each = "; ".join(f"{cell.value:.1f} ({cell.run.source})" for cell in scored)
+        notes.append(f"{' + '.join(shown.run.row)}, clean: the runs disagree ({each}); shown: {shown.run.path.name}")
+    return shown
 
 
 def _random_note(runs: list[Run]) -> list[str]:
@@ -274,75 +331,3 @@ def _random_note(runs: list[Run]) -> list[str]:
     return [f"random-weight models, meaningless scores: {', '.join(random)}"] if random else []
 
 
-def _cell(value: float | None, missing: str = "–") -> str:
-    return missing if value is None else f"{value:.1f}"
-
-
-def render_markdown(tables: list[Table]) -> str:
-    blocks = []
-    for table in tables:
-        lines = [f"### {table.title}", "", _md_row(table.header),
-                 _md_row(["---"] * len(table.row_names) + ["---:"] * len(table.columns))]
-        lines += [_md_row([*row, *map(_cell, cells)]) for row, cells in table.rows.items()]
-        blocks.append("\n".join(lines + [""] * bool(table.notes) + [f"- {note}" for note in table.notes]))
-    return "\n\n".join(blocks) + "\n"
-
-
-def _md_row(cells: Iterable[str]) -> str:
-    return "| " + " | ".join(" ".join(cell.split()).replace("|", r"\|") for cell in cells) + " |"  # one line per row
-
-
-def render_csv(tables: list[Table]) -> str:
-    """One block per table (its own header row, each row naming its table), blocks apart by an empty line."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    for number, table in enumerate(tables):
-        writer.writerows([[]] * bool(number) + [["table", *table.header]])
-        writer.writerows([table.title, *row, *(_cell(v, "") for v in cells)] for row, cells in table.rows.items())
-    return out.getvalue()
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(char, char) for char in text)
-
-
-def render_latex(tables: list[Table]) -> str:
-    """booktabs tabulars; the title and notes as comments, for the caption the paper writes itself."""
-    blocks = []
-    for table in tables:
-        spec = "l" * len(table.row_names) + "r" * len(table.columns)
-        lines = [f"% {table.title}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule", _tex_row(table.header), r"\midrule"]
-        lines += [_tex_row([*row, *(_cell(v, "--") for v in cells)]) for row, cells in table.rows.items()]
-        blocks.append("\n".join(lines + [r"\bottomrule", r"\end{tabular}"] + [f"% {note}" for note in table.notes]))
-    return "\n\n".join(blocks) + "\n"
-
-
-def _tex_row(cells: Iterable[str]) -> str:
-    return " & ".join(map(latex_escape, cells)) + r" \\"
-
-
-def add_run_dirs_argument(parser: argparse.ArgumentParser) -> None:
-    """RUN_DIR..., as `collect` reads them (for `table` and `plot`)."""
-    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path,
-                        help="a run folder, or a folder holding run folders (searched recursively)")
-
-
-RENDERERS = {"markdown": render_markdown, "csv": render_csv, "latex": render_latex}
-
-
-def main(argv: list[str]) -> int:
-    """`python -m vlm_eval table RUN_DIR...`: print (or write) the tables of finished runs."""
-    p = argparse.ArgumentParser(prog="python -m vlm_eval table",
-                                description="The papers' tables (clean, robust and attacked-only scores per "
-                                "eps; targeted success rates) from finished run folders.")
-    add_run_dirs_argument(p)
-    p.add_argument("--format", choices=list(RENDERERS), default="markdown")
-    p.add_argument("--output", type=Path, help="write to this file instead of printing")
-    args = p.parse_args(argv)
-    text = RENDERERS[args.format](build_tables(collect(args.run_dirs)))
-    if args.output is None:
-        print(text, end="")
-    else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    return 0
