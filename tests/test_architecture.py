@@ -20,7 +20,7 @@ LAYERS = [
     {"vlms", "semantic", "tasks", "defenses"},
     {"run", "listing", "miniworld"},
     {"report", "tables", "finetune", "terminal", "compare"},
-    {"plots", "cli"},
+    {"plots", "cli", "rescore"},
     {"__main__"},
 ]
 MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 350

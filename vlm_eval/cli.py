@@ -34,7 +34,8 @@ log = logging.getLogger("vlm_eval")
 # Commands of their own: name -> module with a `main(argv)`, imported on use
 # (matplotlib and jinja2 stay out of evaluation runs).
 COMMANDS = {"report": "vlm_eval.report", "table": "vlm_eval.tables", "plot": "vlm_eval.plots",
-            "finetune": "vlm_eval.finetune.command", "compare": "vlm_eval.compare"}
+            "finetune": "vlm_eval.finetune.command", "compare": "vlm_eval.compare",
+            "rescore": "vlm_eval.rescore"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@ import numpy as np
 
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.metrics.bootstrap import Bootstrap
-from vlm_eval.results import read_summary
-from vlm_eval.run.saved import saved_task, scored_records
+from vlm_eval.results import read_samples, read_summary
+from vlm_eval.run.runner import saved_plan
 
 
 def paired_records(run_a: Path, run_b: Path) -> tuple[list[dict], list[dict]]:
@@ -26,7 +26,7 @@ def paired_records(run_a: Path, run_b: Path) -> tuple[list[dict], list[dict]]:
     tasks = [s["config"]["resolved"]["task_card"] for s in summaries]
     if tasks[0] != tasks[1]:
         raise VlmEvalError(f"the runs evaluated different tasks ({tasks[0]} and {tasks[1]}): nothing to pair")
-    records_a, records_b = scored_records(run_a), scored_records(run_b)
+    records_a, records_b = read_samples(run_a), read_samples(run_b)
     by_id = {r["id"]: r for r in records_b}
     only_a = [r["id"] for r in records_a if r["id"] not in by_id]
     only_b = sorted(set(by_id) - {r["id"] for r in records_a})
@@ -46,7 +46,7 @@ def paired_records(run_a: Path, run_b: Path) -> tuple[list[dict], list[dict]]:
 def compare(run_a: Path, run_b: Path, bootstrap: Bootstrap) -> dict:
     """Per metric both runs report: A, B, B - A and the paired interval of B - A."""
     records_a, records_b = paired_records(run_a, run_b)
-    task_a, task_b = saved_task(run_a), saved_task(run_b)
+    task_a, task_b = saved_plan(run_a).task, saved_plan(run_b).task
     n = len(records_a)
     values_a = bootstrap.values(lambda draws: task_a.resampled(records_a, draws), n)
     values_b = bootstrap.values(lambda draws: task_b.resampled(records_b, draws), n)

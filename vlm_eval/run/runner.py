@@ -98,13 +98,11 @@ def merge(run_dir: Path, partial: bool = False, plan: Plan | None = None) -> Pat
     (the summary then says so and the run stays resumable). `plan`: the running shard's, else made from
     config.json (on the CPU: scoring needs no accelerator)."""
     from vlm_eval.attacks.snapshot import STATE_DIR
-    from vlm_eval.metrics.bootstrap import Bootstrap
-    from vlm_eval.semantic import semantic_summary
 
     run_dir = Path(run_dir)
     saved = read_config(run_dir)
     if plan is None:
-        plan = resolve(config_from_saved(saved, run_dir, device="cpu"))
+        plan = saved_plan(run_dir)
         plan.task.setup(task_files(plan))
     ids = folder.subset_ids(run_dir)
     done, skipped = folder.gather(run_dir)
@@ -115,20 +113,36 @@ def merge(run_dir: Path, partial: bool = False, plan: Plan | None = None) -> Pat
                            "shards finish), or merge what there is with --partial")
     records = [done[i] for i in ids if i in done]
     skips = [skipped[i] for i in ids if i in skipped and i not in done]
-    metrics = plan.task.aggregate(records, Step(run_dir, [], plan.attack, plan.replay))
+    summary = summarize(plan, records, len(skips), saved, folder.read_provenance(run_dir))
     results.replace_jsonl(run_dir / "samples.jsonl", records)  # now with scores
     results.replace_jsonl(run_dir / "skipped.jsonl", skips)
-    bootstrap = Bootstrap(resamples=plan.config.bootstrap)
-    intervals = bootstrap.intervals(lambda draws: plan.task.resampled(records, draws), len(records))
-    intervals = {name: interval for name, interval in intervals.items() if metrics.get(name) is not None}
-    summary = results.summary(saved, folder.read_provenance(run_dir), len(records), len(skips), metrics,
-                              semantic_summary(records), intervals, bootstrap.describe())
     if missing:
         summary |= {"partial": True, "n_missing": len(missing)}
     results.swap_in(run_dir / folder.SUMMARY, lambda path: results.write_json(path, summary))
     if not missing:
         shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)  # nothing is left to resume
     return run_dir
+
+
+def summarize(plan: Plan, records: list[Json], n_skipped: int, config: dict[str, Json],
+              provenance: dict[str, Json]) -> dict[str, Json]:
+    """Score the records as one set (each gets its scores), with a bootstrap interval on every metric: the
+    summary.json object."""
+    from vlm_eval.metrics.bootstrap import Bootstrap
+    from vlm_eval.semantic import semantic_summary
+
+    metrics = plan.task.aggregate(records, Step(plan.run_dir, [], plan.attack, plan.replay))
+    bootstrap = Bootstrap(resamples=plan.config.bootstrap)
+    intervals = bootstrap.intervals(lambda draws: plan.task.resampled(records, draws), len(records))
+    intervals = {name: interval for name, interval in intervals.items() if metrics.get(name) is not None}
+    return results.summary(config, provenance, len(records), n_skipped, metrics, semantic_summary(records),
+                           intervals, bootstrap.describe())
+
+
+def saved_plan(run_dir: Path, **override: Json) -> Plan:
+    """The plan a run folder's config.json records, on the CPU (scoring needs no accelerator); `override`:
+    EvalConfig fields to change (a rescore's scoring options)."""
+    return resolve(config_from_saved(read_config(run_dir), Path(run_dir), device="cpu", **override))
 
 
 def resume(run_dir: Path, shard: Shard = Shard()) -> Path:

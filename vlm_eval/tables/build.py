@@ -154,7 +154,8 @@ def read_run(run_dir: Path) -> Run | None:
     try:
         resolved, metrics = summary["config"]["resolved"], summary["metrics"]
         metric = next(name for name in METRIC_NAMES if name in metrics)
-        encoder = encoder_label(resolved["encoder_card"]) + defense_label(summary.get("provenance", {}).get("defense"))
+        encoder = (encoder_label(resolved["encoder_card"]) + defense_label(summary.get("provenance", {}).get("defense"))
+                   + rescored_label(summary.get("rescored")))
         run = Run(path=Path(run_dir), task=resolved["task_card"], vlm=resolved["vlm_card"],
                   encoder=encoder, metric=metric, metrics=metrics,
                   attack=resolved.get("attack"), n_samples=summary.get("n_samples"),
@@ -196,6 +197,14 @@ def defense_label(defense: dict[str, Any] | None) -> str:
         return ""
     how = f"adaptive, EOT {defense['eot_samples']}" if defense["adaptive"] else "non-adaptive"
     return f" + {defense['name']} ({how})"
+
+
+def rescored_label(rescored: dict[str, Any] | None) -> str:
+    """" (rescored: vqa_normalize always)": a rescored run (`rescore`) is a row of its own."""
+    if not rescored:
+        return ""
+    return " (rescored: " + ", ".join(f"{k} {'files' if k in ('data', 'data_root') else v}"
+                                      for k, v in rescored["choices"].items()) + ")"
 
 
 def collect(paths: Iterable[Path]) -> list[Run]:
