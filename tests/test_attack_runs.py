@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from summary_schema import check_summary
 from vlm_eval.cli import main
 
 pytestmark = pytest.mark.slow  # mini-world runs under attack
@@ -24,7 +25,7 @@ def _run(tmp_path, sample, *args) -> tuple[dict, list[dict]]:
     out = tmp_path / "run"
     assert main([*MINI, "--data-root", str(sample), "--output-dir", str(out), *args]) == 0
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    return json.loads((out / "summary.json").read_text()), records
+    return check_summary(out), records
 
 
 @pytest.mark.parametrize("task,metric", [("mini-coco", "cider"), ("mini-vqa", "vqa_accuracy")])

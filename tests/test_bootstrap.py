@@ -4,10 +4,12 @@ import importlib
 import json
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from summary_schema import check_summary
 from vlm_eval.cli import main
 from vlm_eval.metrics.bootstrap import Bootstrap, weighted_means
 from vlm_eval.metrics.cider_d import CiderD
@@ -89,7 +91,8 @@ def demo_runs(tmp_path_factory):
 
 @needs_java
 def test_a_run_reports_an_interval_around_each_score(demo_runs):
-    summary = json.loads((demo_runs / "attacked" / "summary.json").read_text())
+    summary = check_summary(demo_runs / "attacked")
+    check_summary(demo_runs / "clean")
     assert summary["bootstrap"]["resamples"] == 1000 and summary["bootstrap"]["level"] == 0.95
     assert set(summary["intervals"]) == {"cider", "cider_attacked", "cider_robust"}
     for name, (low, high) in summary["intervals"].items():
@@ -125,3 +128,15 @@ def test_compare_refuses_runs_on_other_samples(demo_runs, tmp_path, capsys):
     assert main([*TINY, "--task", "demo", "--n-samples", "3", "--output-dir", str(tmp_path / "three")]) == 0
     assert main(["compare", str(demo_runs / "clean"), str(tmp_path / "three")]) == 2
     assert "5 only in A" in capsys.readouterr().err
+
+
+def test_the_schema_refuses_what_a_summary_must_not_hold(demo_runs):
+    import jsonschema
+
+    summary = json.loads((demo_runs / "attacked" / "summary.json").read_text())
+    schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / "summary.schema.json").read_text())
+    for broken in ({**summary, "intervals": {"cider": [1.0, 2.0, 3.0]}}, {**summary, "metrics": {}},
+                   {k: v for k, v in summary.items() if k != "bootstrap"}, {**summary, "n_samples": -1},
+                   {**summary, "unknown_field": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)

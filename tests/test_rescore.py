@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from summary_schema import check_summary
 from vlm_eval.cli import main
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="CIDEr's PTB tokenizer needs Java")
@@ -45,7 +46,7 @@ def test_rescore_applies_another_normalisation_to_the_raw_outputs(vqa_run, tmp_p
     always = read_jsonl(tmp_path / "always" / "samples.jsonl")
     assert (official[0]["output"], official[0]["score"], always[0]["score"]) == ("Two.", 0.0, 100.0)
     assert [r["score"] for r in always[1:]] == [r["score"] for r in records[1:]]  # the mini world's answers are clean
-    summary = json.loads((tmp_path / "always" / "summary.json").read_text())
+    summary = check_summary(tmp_path / "always")
     assert summary["metrics"]["vqa_accuracy"] == pytest.approx(sum(r["score"] for r in always) / len(always))
     assert summary["config"]["resolved"]["vqa_normalize"] == "always" and "vqa_accuracy" in summary["intervals"]
     assert summary["rescored"] == {"from": str(run), "choices": {"vqa_normalize": "always", "postprocess": "openflamingo"}}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from summary_schema import check_summary
 from vlm_eval.cli import main
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.run import claims as claims_module
@@ -187,7 +188,7 @@ def test_merge_refuses_missing_samples_unless_partial_and_keeps_the_first_record
     assert main(["merge", str(run)]) == 2
     assert "2 of 6 samples have no record yet" in capsys.readouterr().err
     assert main(["merge", str(run), "--partial"]) == 0
-    partial = json.loads((run / "summary.json").read_text())
+    partial = check_summary(run)
     assert partial["partial"] and partial["n_missing"] == 2 and partial["n_samples"] == 4
     assert [r["id"] for r in _records(run)] == [json.loads(line)["id"] for line in lines[:4]]
     assert all(r["score"] >= 0 for r in _records(run))  # the first record of the duplicated id

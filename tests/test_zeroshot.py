@@ -22,6 +22,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
+from summary_schema import check_summary
 from vlm_eval import cards
 from vlm_eval.cards import EncoderCard, TaskCard
 from vlm_eval.cli import main
@@ -309,7 +310,7 @@ def test_cli_zeroshot_run_writes_the_run_folder(home, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "tiny-clip (zero-shot classifier)" in printed and "accuracy" in printed
     assert re.search(r"^n_classes +3$", printed, re.MULTILINE)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = check_summary(out)
     assert summary["n_samples"] == 6 and summary["n_skipped"] == 0
     metrics = summary["metrics"]
     assert set(metrics) == {"accuracy", "chance", "n_classes"}
