@@ -144,13 +144,37 @@ def test_chromium_runs_the_page_script_and_never_the_hostile_one(runs, tmp_path)
 
 def test_table_and_plot_commands_read_the_same_runs_through_the_cli(runs, tmp_path, capsys):
     root = runs["apgd"].parent
-    assert main(["table", str(root), "--format", "csv"]) == 0
+    assert main(["table", str(root), "--format", "paper-csv", "--ci", "none"]) == 0
     table = capsys.readouterr().out
     apgd = json.loads((runs["apgd"] / "summary.json").read_text())["metrics"]
     hostile = json.loads((runs["hostile"] / "summary.json").read_text())["metrics"]
-    assert f"mini-coco: CIDEr,mini-llava,mini-clip,{apgd['cider']:.1f},{apgd['cider_robust']:.1f}" in table
+    assert f"mini-coco: CIDEr,mini-llava,mini-clip,4,{apgd['cider']:.1f},{apgd['cider_robust']:.1f}" in table
     assert f",{hostile['target_success_rate']:.1f}" in table
     assert main(["plot", str(root), "--output-dir", str(tmp_path / "figures")]) == 0
     assert {p.name for p in (tmp_path / "figures").iterdir()} >= {"score_vs_eps.png", "semantic_distributions.svg"}
     assert main(["table", str(tmp_path / "figures")]) == 2  # a folder without runs: an error, not a traceback
     assert "holds none" in capsys.readouterr().err
+
+
+def test_the_page_opens_on_a_headline_in_words(runs):
+    assert main(["report", str(runs["apgd"]), "--output", str(runs["apgd"] / "words.html")]) == 0
+    page = Elements((runs["apgd"] / "words.html").read_text())
+    summary = json.loads((runs["apgd"] / "summary.json").read_text())
+    metrics, intervals = summary["metrics"], summary["intervals"]
+    [headline] = [data for data in page.text if data.startswith("mini-llava + mini-clip, mini-coco, apgd")]
+    half = (intervals["cider_robust"][1] - intervals["cider_robust"][0]) / 2
+    assert f"CIDEr {metrics['cider']:.1f} ± " in headline and f"→ {metrics['cider_robust']:.1f} ± {half:.1f} robust" in headline
+    assert headline.endswith("(n = 4)")
+    text = " ".join(page.text)
+    assert "CIDEr, robust (per sample the worse of clean and attacked)" in text and "cider_robust" not in text
+    linf = summary["semantic"]["perturbation_linf"]["mean"]
+    assert f"mean {255 * linf:.2f}/255" in text  # sizes in units of 1/255, not raw fractions
+
+
+def test_a_clean_report_shows_the_lowest_scores_first(runs):
+    assert main(["report", str(runs["clean"])]) == 0
+    page = Elements((runs["clean"] / "report.html").read_text())
+    shown = [a["data-id"] for a in page.all("div") if a.get("class") == "sample"]
+    scores = {r["id"]: r["score"] for r in _records(runs["clean"])}
+    assert [scores[i] for i in shown] == sorted(scores.values())
+    assert "All 4 samples, the lowest score first." in " ".join(page.text)

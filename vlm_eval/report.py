@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SAMPLES = 100  # images make a page heavy: ~110 kB per sample and run
 JPEG_QUALITY = 90
+METRIC_NAMES = {"cider": "CIDEr", "vqa_accuracy": "VQA accuracy"}
+METRIC_SUFFIXES = {"": "", "_attacked": ", attacked outputs", "_robust": ", robust (per sample the worse of clean and attacked)"}
+OTHER_METRICS = {"target_success_rate": "target success rate (%)", "target_exact_match_rate": "exact target match rate (%)",
+                 "target_steps_median": "median steps to the target"}
 
 
 @dataclass
@@ -95,19 +99,61 @@ def attack_text(attack: dict[str, Any] | None) -> str:
     return f"{attack['name']} {attack['norm']} eps {attack['eps_text']}, {attack['steps']} steps{target}"
 
 
+def metric_label(key: str) -> str:
+    """"CIDEr, robust (per sample the worse of clean and attacked)" for "cider_robust"."""
+    for base, name in METRIC_NAMES.items():
+        for suffix, words in METRIC_SUFFIXES.items():
+            if key == base + suffix:
+                return name + words
+    return OTHER_METRICS.get(key, key.replace("_", " "))
+
+
+def scored(run: RunFolder, key: str) -> str:
+    """"64.7 ± 9.8": a metric with half its interval's width, when the run has one."""
+    value, interval = run.summary["metrics"].get(key), run.summary.get("intervals", {}).get(key)
+    return fmt(value) + (f" ± {(interval[1] - interval[0]) / 2:.1f}" if interval else "")
+
+
+def headline(run: RunFolder) -> str:
+    """The result in a line: "mini-coco, mini-llava + mini-clip, apgd linf eps 4/255: CIDEr 340.4 → 64.7 (n = 100)"."""
+    metrics = run.summary["metrics"]
+    metric = next((key for key in METRIC_NAMES if key in metrics), None)
+    if metric is None:
+        return run.label
+    result = f"{METRIC_NAMES[metric]} {scored(run, metric)}"
+    if f"{metric}_robust" in metrics:
+        result += f" → {scored(run, metric + '_robust')} robust"
+    elif f"{metric}_attacked" in metrics:
+        result += f" → {scored(run, metric + '_attacked')} attacked"
+    if "target_success_rate" in metrics:
+        result += f"; target reached in {scored(run, 'target_success_rate')} % of samples"
+    return f"{run.label}: {result} (n = {run.summary['n_samples']})"
+
+
 def run_meta(run: RunFolder) -> list[tuple[str, str]]:
     s, prov = run.summary, run.summary["provenance"]
-    rows = [("folder", str(run.folder)), ("samples", f"{s['n_samples']} ({s['n_skipped']} skipped)"),
-            ("model", f"{prov['resolution']} px, {prov['precision']}, {prov['device']}"),
-            ("git revision", str(prov.get("git_revision")))]
-    rows += [(name, fmt(value)) for name, value in s["metrics"].items()]
+    rows = [(metric_label(name), scored(run, name)) for name in s["metrics"]]
+    rows += [("samples", f"{s['n_samples']} ({s['n_skipped']} skipped)"),
+             ("model", f"{prov['resolution']} px, {prov['precision']}, {prov['device']}"),
+             ("folder", str(run.folder)), ("git revision", str(prov.get("git_revision")))]
+    if s.get("intervals"):
+        rows.append(("±", "half the width of the 95 % bootstrap interval over the samples"))
     judges = prov.get("semantic")
     if judges:
         reference = (judges["reference_encoder"] or {}).get("name", "none")
         rows.append(("semantic models", f"reference encoder {reference}, sentence model {judges['sentence_model']}"))
     for name, stats in s.get("semantic", {}).items():
-        rows.append((name, ", ".join(f"{k} {fmt(v, 1 if k.startswith('share') else 4)}" for k, v in stats.items())))
+        rows.append(semantic_row(name, stats))
     return rows
+
+
+def semantic_row(name: str, stats: dict[str, float | None]) -> tuple[str, str]:
+    """A semantic check's aggregates, labelled in words; l-inf sizes in units of 1/255."""
+    scale, unit = (255.0, "/255") if name == "perturbation_linf" else (1.0, "")
+    label = {"perturbation_linf": "perturbation l-inf", "perturbation_l2": "perturbation l2"}.get(name, name.replace("_", " "))
+    values = ", ".join(f"{k.replace('_', ' ')} {fmt(v, 1)}" if k.startswith("share") or v is None
+                       else f"{k.replace('_', ' ')} {v * scale:.{2 if unit else 4}f}{unit}" for k, v in stats.items())
+    return label, values
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -243,12 +289,21 @@ def drop_of(record: dict[str, Any]) -> float:
     return score - attacked if score is not None and attacked is not None else 0.0
 
 
+def attacked(runs: list[RunFolder]) -> bool:
+    return any("adversarial" in record for run in runs for record in run.records.values())
+
+
 def ordered_ids(runs: list[RunFolder], max_samples: int) -> tuple[list[str], int]:
-    """(the ids to show: the largest drops first, at most `max_samples` (0: all); how many there are)."""
+    """(the ids to show, at most `max_samples` (0: all): the largest drops first, or in clean runs the lowest
+    scores first; how many there are)."""
     ids = list(dict.fromkeys(i for run in runs for i in run.records))
-    drops = {i: max((drop_of(r.records[i]) for r in runs if i in r.records and "adversarial" in r.records[i]),
-                    default=0.0) for i in ids}
-    ranked = sorted(ids, key=lambda i: -drops[i])
+    if attacked(runs):
+        drops = {i: max((drop_of(r.records[i]) for r in runs if i in r.records and "adversarial" in r.records[i]),
+                        default=0.0) for i in ids}
+        ranked = sorted(ids, key=lambda i: -drops[i])
+    else:
+        lowest = {i: min(r.records[i].get("score") or 0.0 for r in runs if i in r.records) for i in ids}
+        ranked = sorted(ids, key=lambda i: lowest[i])
     return (ranked[:max_samples] if max_samples else ranked), len(ids)
 
 
@@ -261,11 +316,14 @@ def render(runs: list[RunFolder], max_samples: int = DEFAULT_MAX_SAMPLES) -> str
     samples = [sample_view(i, runs) for i in tqdm(ids, desc="report", unit="sample")]
     env = jinja2.Environment(loader=jinja2.PackageLoader("vlm_eval", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
-    views = [{"label": run.label, "meta": run_meta(run), "warning": random_warning(run)} for run in runs]
-    shown = (f"Showing the {len(ids)} samples with the largest drop of {total}; --max-samples 0 shows all."
-             if len(ids) < total else f"All {total} samples.")
+    views = [{"label": run.label, "headline": headline(run), "meta": run_meta(run), "warning": random_warning(run)}
+             for run in runs]
+    order = "the largest drop" if attacked(runs) else "the lowest score"
+    shown = (f"Showing the {len(ids)} samples with {order} of {total}; --max-samples 0 shows all."
+             if len(ids) < total else f"All {total} samples, {order} first.")
     title = "vlm_eval report: " + " vs ".join(run.label for run in runs)
-    return env.get_template("report.html.j2").render(title=title, runs=views, samples=samples, shown_note=shown)
+    return env.get_template("report.html.j2").render(title=title, runs=views, samples=samples, shown_note=shown,
+                                                     first_order=order)
 
 
 def random_warning(run: RunFolder) -> str:
