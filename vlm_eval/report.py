@@ -28,8 +28,9 @@ DEFAULT_MAX_SAMPLES = 100  # images make a page heavy: ~110 kB per sample and ru
 JPEG_QUALITY = 90
 METRIC_NAMES = {"cider": "CIDEr", "vqa_accuracy": "VQA accuracy"}
 METRIC_SUFFIXES = {"": "", "_attacked": ", attacked outputs", "_robust": ", robust (per sample the worse of clean and attacked)"}
-OTHER_METRICS = {"target_success_rate": "target success rate (%)", "target_exact_match_rate": "exact target match rate (%)",
-                 "target_steps_median": "median steps to the target"}
+METRIC_LABELS = {base + suffix: name + words for base, name in METRIC_NAMES.items() for suffix, words in METRIC_SUFFIXES.items()}
+METRIC_LABELS |= {"target_success_rate": "target success rate (%)", "target_exact_match_rate": "exact target match rate (%)",
+                  "target_steps_median": "median steps to the target"}
 
 
 @dataclass
@@ -101,11 +102,7 @@ def attack_text(attack: dict[str, Any] | None) -> str:
 
 def metric_label(key: str) -> str:
     """"CIDEr, robust (per sample the worse of clean and attacked)" for "cider_robust"."""
-    for base, name in METRIC_NAMES.items():
-        for suffix, words in METRIC_SUFFIXES.items():
-            if key == base + suffix:
-                return name + words
-    return OTHER_METRICS.get(key, key.replace("_", " "))
+    return METRIC_LABELS.get(key, key.replace("_", " "))
 
 
 def scored(run: RunFolder, key: str) -> str:
