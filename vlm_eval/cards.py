@@ -1,7 +1,7 @@
 """Cards: small YAML files that describe encoders, VLMs and tasks (the data, not the code).
 
-Cards live in the top-level folders `encoders/`, `vlms/` and `tasks/` of the repository (or of the
-folder named by the environment variable VLM_EVAL_HOME). A card's file name is its name; `aliases`
+Cards live in the top-level folders `encoders/`, `vlms/` and `tasks/` of the repository, of the folder
+named by the environment variable VLM_EVAL_HOME, or of an installed wheel's `vlm_eval/home`. A card's file name is its name; `aliases`
 adds other names. Loading a card never imports model code.
 """
 
@@ -17,7 +17,18 @@ import yaml
 
 from vlm_eval.errors import CardError, UnknownNameError
 
-CARD_ROOT = Path(os.environ.get("VLM_EVAL_HOME") or Path(__file__).resolve().parent.parent)
+
+
+def default_home() -> Path:
+    """Where cards, schedules, recipes and the mini world's files are: $VLM_EVAL_HOME, else the checkout this
+    package runs from, else the copy an installed wheel carries (vlm_eval/home)."""
+    if os.environ.get("VLM_EVAL_HOME"):
+        return Path(os.environ["VLM_EVAL_HOME"])
+    package = Path(__file__).resolve().parent
+    return package.parent if (package.parent / "tasks").is_dir() else package / "home"
+
+
+CARD_ROOT = default_home()
 
 
 @dataclass(frozen=True)

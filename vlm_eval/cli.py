@@ -27,6 +27,7 @@ from vlm_eval.config import PRECISIONS, RESOLUTIONS, EvalConfig
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.stopping import stop_gracefully
 from vlm_eval.terminal import summary_table
+from vlm_eval.program import program, version
 
 log = logging.getLogger("vlm_eval")
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 2 user error, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] in (["--version"], ["-V"]):
+            print(f"{program()} {version()}")
+            return 0
         if argv[:1] == ["list"]:
             return list_command(argv[1:])
         if argv[:1] == ["resume"]:
@@ -66,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 def eval_parser() -> argparse.ArgumentParser:
     defaults = EvalConfig()
     p = argparse.ArgumentParser(
-        prog="python -m vlm_eval",
+        prog=program(),
         description="Evaluate a VLM with a (robust) CLIP encoder swapped in. Other commands: `list` (the VLMs, "
-        "encoders and tasks), `resume RUN_DIR`, `merge RUN_DIR`, `finetune`, and for finished runs `report`, "
-        "`table`, `plot` (`python -m vlm_eval report --help`).",
+        "encoders and tasks), `resume RUN_DIR`, `merge RUN_DIR`, `sweep`, `finetune`, and for finished runs "
+        f"`report`, `table`, `plot`, `compare`, `rescore` (`{program('report --help')}`); --version.",
     )
     p.add_argument("--vlm", default=defaults.vlm,
                    help="VLM card (default %(default)s); ignored by zero-shot classification tasks")
@@ -233,7 +237,7 @@ def explicit_options(argv: list[str]) -> set[str]:
 
 def resume_command(argv: list[str]) -> int:
     """Finish an interrupted run in its folder, with the settings it started with."""
-    p = argparse.ArgumentParser(prog="python -m vlm_eval resume",
+    p = argparse.ArgumentParser(prog=program("resume"),
                                 description="Finish an interrupted run: the samples it wrote are kept, the rest "
                                 "evaluated; an attack it was in the middle of continues from its last saved state.")
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
@@ -251,7 +255,7 @@ def resume_command(argv: list[str]) -> int:
 
 def merge_command(argv: list[str]) -> int:
     """Score the records of a run's shards as one set (the last shard to finish does it by itself)."""
-    p = argparse.ArgumentParser(prog="python -m vlm_eval merge",
+    p = argparse.ArgumentParser(prog=program("merge"),
                                 description="Merge a run's shards: their records in subset order, each sample "
                                 "once, scored as one set, into samples.jsonl and summary.json. Idempotent.")
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
@@ -271,7 +275,7 @@ def sweep_command(argv: list[str]) -> int:
     from vlm_eval.run.shard import shard_from
     from vlm_eval.tables import build_tables, collect, render_markdown
 
-    p = argparse.ArgumentParser(prog="python -m vlm_eval sweep", description=sweep.__doc__,
+    p = argparse.ArgumentParser(prog=program("sweep"), description=sweep.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", metavar="SWEEP.yaml", type=Path)
     p.add_argument("--shard", metavar="i/n", help=SHARD_HELP)
@@ -288,7 +292,7 @@ def sweep_command(argv: list[str]) -> int:
 
 def list_command(argv: list[str]) -> int:
     """Print the VLMs, encoders and tasks with whether their weights / data are present locally."""
-    p = argparse.ArgumentParser(prog="python -m vlm_eval list")
+    p = argparse.ArgumentParser(prog=program("list"))
     p.add_argument("--data-root", help="folder with the tasks' files (default ./data)")
     p.add_argument("--weights-dir", help="extra folder searched for encoder checkpoints")
     args = p.parse_args(argv)

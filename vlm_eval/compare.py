@@ -18,6 +18,7 @@ from vlm_eval.errors import VlmEvalError
 from vlm_eval.metrics.bootstrap import Bootstrap
 from vlm_eval.results import read_samples, read_summary
 from vlm_eval.run.runner import saved_plan
+from vlm_eval.program import program
 
 
 def paired_records(run_a: Path, run_b: Path) -> tuple[list[dict], list[dict]]:
@@ -85,7 +86,7 @@ def render(result: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m vlm_eval compare",
+    p = argparse.ArgumentParser(prog=program("compare"),
                                 description="The paired bootstrap of two finished runs on the same samples: "
                                 "each shared metric's difference B - A and its confidence interval.")
     p.add_argument("run_a", metavar="RUN_A", type=Path)

@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from vlm_eval.results import read_samples
 from vlm_eval.tables import Cell, Run, Table, add_run_dirs_argument, build_tables, collect
+from vlm_eval.program import program
 
 SEMANTIC_FIELDS = {  # panel title -> where the per-sample value sits in record["adversarial"], and its scale
     "perturbation linf (x 1/255)": ("perturbation", "linf", 255.0),
@@ -202,7 +203,7 @@ def _formats(text: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """`python -m vlm_eval plot RUN_DIR... --output-dir DIR`: write the figures, print their paths."""
-    p = argparse.ArgumentParser(prog="python -m vlm_eval plot",
+    p = argparse.ArgumentParser(prog=program("plot"),
                                 description="Figures of finished runs: score against eps, targeted success "
                                 "rates, distributions of the semantic-preservation checks.")
     add_run_dirs_argument(p)

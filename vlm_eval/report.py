@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from vlm_eval import results
 from vlm_eval.errors import VlmEvalError
+from vlm_eval.program import program
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,7 @@ def random_warning(run: RunFolder) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m vlm_eval report",
+    p = argparse.ArgumentParser(prog=program("report"),
                                 description="Write a self-contained HTML report of one run, or of several "
                                 "side by side (e.g. encoders under the same attack).")
     p.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path)

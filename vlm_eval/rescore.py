@@ -18,6 +18,7 @@ from vlm_eval.contracts import Json
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.run import folder
 from vlm_eval.run.runner import read_config, saved_plan, summarize
+from vlm_eval.program import program
 
 def new_references(plan, records: list[dict]) -> dict[str, list[str]]:
     """Per evaluated sample, its references as the task's files (the new reference set) give them."""
@@ -80,7 +81,7 @@ def tag(choices: dict[str, Json]) -> str:
 def main(argv: list[str]) -> int:
     from vlm_eval.terminal import summary_table
 
-    p = argparse.ArgumentParser(prog="python -m vlm_eval rescore", description=__doc__,
+    p = argparse.ArgumentParser(prog=program("rescore"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
     p.add_argument("--vqa-normalize", choices=("official", "always"))

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 from vlm_eval.errors import VlmEvalError
+from vlm_eval.program import program
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m vlm_eval finetune",
+        prog=program("finetune"),
         description="Adversarially fine-tune a CLIP encoder (fare, tecoa, simclip, simclip-released, mmcoa) as a "
         "recipe says, and export it with its encoder card: then evaluate it with --encoder RUN_DIR. Any recipe "
         "field can be overridden: --steps 200 --inner.steps 5. Several processes: accelerate launch -m vlm_eval "

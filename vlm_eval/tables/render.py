@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from vlm_eval.tables.build import Cell, Run, Table, build_tables, collect
+from vlm_eval.program import program
 
 CI_STYLES = ("pm", "interval", "none")
 LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -138,7 +139,7 @@ RENDERERS: dict[str, Callable[[list[Run], str], str]] = {
 
 def main(argv: list[str]) -> int:
     """`python -m vlm_eval table RUN_DIR...`: print (or write) the tables of finished runs."""
-    p = argparse.ArgumentParser(prog="python -m vlm_eval table",
+    p = argparse.ArgumentParser(prog=program("table"),
                                 description="The papers' tables (clean, robust and attacked-only scores per "
                                 "eps; targeted success rates) from finished run folders.")
     add_run_dirs_argument(p)
