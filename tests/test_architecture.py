@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "vlm_eval"
 # Bottom to top: a package (or top-level module) imports only from lower layers, never sideways or up.
 LAYERS = [
-    {"errors", "contracts", "stopping", "program", "__init__"},
+    {"errors", "contracts", "stopping", "program"},
     {"registry", "cards", "config"},
     {"data", "metrics"},
     {"results"},
@@ -21,7 +21,7 @@ LAYERS = [
     {"run", "listing", "miniworld"},
     {"report", "tables", "finetune", "terminal", "compare"},
     {"plots", "cli", "rescore", "api"},
-    {"__main__"},
+    {"__main__", "__init__"},  # the package's __init__ only names the library API (vlm_eval.api), lazily
 ]
 MAX_FUNCTION_LINES, MAX_MODULE_LINES = 60, 350
 ALLOWED_LONG: dict[str, str] = {}  # "path:function" or "path" -> why it may stay long
