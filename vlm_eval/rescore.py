@@ -17,10 +17,11 @@ from vlm_eval import results
 from vlm_eval.contracts import Json
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.run import folder
+from vlm_eval.run.plan import Plan
 from vlm_eval.run.runner import read_config, saved_plan, summarize
 from vlm_eval.program import program
 
-def new_references(plan, records: list[dict]) -> dict[str, list[str]]:
+def new_references(plan: Plan, records: list[dict]) -> dict[str, list[str]]:
     """Per evaluated sample, its references as the task's files (the new reference set) give them."""
     from vlm_eval.run.plan import task_files
     from vlm_eval.tasks.data import read_task_samples
@@ -33,7 +34,7 @@ def new_references(plan, records: list[dict]) -> dict[str, list[str]]:
     return by_id
 
 
-def rescored_records(plan, records: list[dict], references: dict[str, list[str]] | None) -> list[dict]:
+def rescored_records(plan: Plan, records: list[dict], references: dict[str, list[str]] | None) -> list[dict]:
     """The records with outputs post-processed again from the raw ones, and the new references if given."""
     out = []
     for record in records:

@@ -38,7 +38,6 @@ def bigram_length(counts: Counter) -> int:
 class Candidates:
     """Candidates of some items, as sparse tables over the scorer's n-gram columns."""
 
-    rows: np.ndarray  # (c,) the item of each candidate
     columns: int  # how many n-gram columns the tables span
     self_norm: sparse.csr_matrix  # (c * 4, columns): count^2, per candidate and order
     overlap: sparse.csr_matrix  # (p * 4, columns): min(count, ref count) * ref count, per (candidate, ref) and order
@@ -105,7 +104,7 @@ class CiderD:
                 penalty.append(np.e ** (-(delta ** 2) / (2 * SIGMA ** 2)))
         columns, pairs = len(self.columns), len(pair_ref)
         weights = [1.0 / len(self.refs_of[rows[c]]) for c in pair_row]
-        return Candidates(np.array(rows), columns, self._by_order(self_norm, len(rows) * ORDERS, columns),
+        return Candidates(columns, self._by_order(self_norm, len(rows) * ORDERS, columns),
                           self._by_order(overlap, pairs * ORDERS, columns), np.array(pair_ref, dtype=np.int64),
                           np.array(pair_row, dtype=np.int64), np.array(penalty),
                           sparse.csr_matrix((weights, (pair_row, range(pairs))), shape=(len(rows), pairs)))
