@@ -42,3 +42,17 @@ class CardError(VlmEvalError):
 
 class NonFiniteLossError(VlmEvalError):
     """An attack's loss became NaN or infinite (often fp16 overflow)."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A checkpoint holding NaN or infinite weights: every score from it would be meaningless."""
+
+
+class NonFiniteOutputError(VlmEvalError):
+    """A model's logits or embeddings became NaN or infinite on a batch (often fp16 overflow)."""
+
+    def __init__(self, what: str, ids: list[str], dtype: str):
+        shown = ", ".join(ids[:3]) + (f", ... ({len(ids)} samples)" if len(ids) > 3 else "")
+        fix = "rerun with --precision bf16 or fp32" if "float16" in dtype else "check the model's weights"
+        super().__init__(f"{what} became NaN or infinite on the batch of samples {shown} ({dtype}). Samples "
+                         f"finished before this batch are kept; {fix}")

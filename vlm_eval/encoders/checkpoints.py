@@ -16,14 +16,14 @@ and DataParallel/DDP prefix every key with `module.`; both are undone here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from vlm_eval.errors import CheckpointError, MissingResourceError
+from vlm_eval.errors import CheckpointError, MissingResourceError, NonFiniteWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,17 @@ def load_weights_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor
     on_meta = any(t.is_meta for t in expected.values())
     result = module.load_state_dict(state_dict, strict=True, assign=on_meta)
     assert not result.missing_keys and not result.unexpected_keys, result  # strict already raised
+
+
+def require_finite(tensors: Iterable[tuple[str, torch.Tensor]], source: str) -> None:
+    """Refuse weights with a NaN or infinite value, naming `source` and the first tensor that holds one: such a
+    model still runs and scores (CIDEr 0, accuracy at chance) as if nothing were wrong."""
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteWeightsError(
+                f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s) of {tensor.numel()}; the file is "
+                "damaged or comes from a training run that diverged: use another checkpoint")
 
 
 def _unwrap(obj: Mapping[str, Any]) -> Mapping[str, Any]:

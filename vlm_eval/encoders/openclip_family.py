@@ -235,6 +235,7 @@ def _load(card: EncoderCard, build: Any, extract: Any, weights_dir: Path | None,
         state_dict = extract(checkpoints.read_state_dict(path), fmt)
     except CheckpointError as exc:
         raise CheckpointError(f"encoder {card.name}: {path}: {exc}" + (f"\n{help_text}" if help_text else "")) from exc
+    checkpoints.require_finite(state_dict.items(), f"{path} (encoder {card.name})")
     with torch.device("meta"):  # no random init of weights that are replaced at once
         module = build()
     checkpoints.load_weights_strict(module, state_dict, source=f"{path} (encoder {card.name})")

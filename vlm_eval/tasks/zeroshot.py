@@ -19,7 +19,7 @@ from vlm_eval.contracts import Classifier, Json, LossFn, Record, Step
 from vlm_eval.data.imagefolder import ImageClass
 from vlm_eval.data.samples import Sample
 from vlm_eval.encoders.zeroshot import template_problem
-from vlm_eval.errors import CardError
+from vlm_eval.errors import CardError, NonFiniteOutputError
 from vlm_eval.metrics.bootstrap import weighted_means
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ class ZeroShot:
         """The batch's records: the clean prediction and, in an attacked run, each sample's worst one."""
         with torch.no_grad():
             logits = classifier(pixels.to(classifier.device))
+        if not bool(torch.isfinite(logits).all()):  # an argmax over NaN is a silent wrong answer
+            raise NonFiniteOutputError("the zero-shot classifier's logits", [s.id for s in samples], str(logits.dtype))
         records = self.records(samples, logits, self.classes)
         if step.attack is not None:
             self.attack(classifier, samples, pixels, logits, records, step)

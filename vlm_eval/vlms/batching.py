@@ -1,8 +1,13 @@
-"""What every VLM family's adapter does to batch token sequences."""
+"""What every VLM family's adapter does to batch token sequences, and to watch a generation's logits."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
+
+from vlm_eval.errors import NonFiniteOutputError
 
 
 def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -14,3 +19,17 @@ def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> t
         ids[row, width - len(seq) :] = torch.tensor(seq)
         mask[row, width - len(seq) :] = 1
     return ids.to(device), mask.to(device)
+
+
+@contextmanager
+def finite_outputs(module: torch.nn.Module, ids: list[str], dtype: torch.dtype) -> Iterator[None]:
+    """Fail after the block if `module` (the output head) produced a NaN or Inf: a generation from such
+    logits is garbage that still scores. The flags stay on the device until the end (no sync per token)."""
+    flags: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _, __, out: flags.append(torch.isfinite(out).all()))
+    try:
+        yield
+    finally:
+        handle.remove()
+    if flags and not bool(torch.stack(flags).all()):
+        raise NonFiniteOutputError("the VLM's logits", ids, str(dtype))

@@ -21,7 +21,7 @@ from PIL import Image
 
 from vlm_eval.contracts import Batch, ImageEncoder, LossFn
 from vlm_eval.data.images import clip_normalize, preprocess_image
-from vlm_eval.vlms.batching import left_pad
+from vlm_eval.vlms.batching import finite_outputs, left_pad
 from vlm_eval.vlms.llava.prompts import IMAGE_PLACEHOLDER, llava_prompt
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,13 @@ class LlavaAdapter:
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
         )
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            pixel_values=self.normalize(batch.pixels),
-            generation_config=config,
-        )
+        with finite_outputs(self.model.get_output_embeddings(), batch.ids, self.dtype):
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                pixel_values=self.normalize(batch.pixels),
+                generation_config=config,
+            )
         return [text.strip() for text in self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)]
 
     def loss_closure(self, batch: Batch, targets: list[str]) -> LossFn:

@@ -7,6 +7,7 @@ from transformers import CLIPVisionModel, LlavaForConditionalGeneration, PreTrai
 
 from vlm_eval.cards import VlmCard, card_relative
 from vlm_eval.contracts import ImageEncoder
+from vlm_eval.encoders.checkpoints import require_finite
 from vlm_eval.errors import CheckpointError, MissingResourceError, VlmEvalError
 from vlm_eval.vlms.llava.adapter import LlavaAdapter
 
@@ -74,6 +75,7 @@ def _load_model(card: VlmCard, dtype: torch.dtype, allow_download: bool,
             f"({exc.__class__.__name__}). Get them with `hf download {card.hf_id}` (about 14 GB), "
             "or run with --allow-download."
         ) from exc
+    require_finite(model.named_parameters(), f"VLM {card.name!r} ({source})")
     return model, tokenizer
 
 

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from vlm_eval.contracts import Batch, ImageEncoder, LossFn
 from vlm_eval.data.images import clip_normalize, preprocess_clip_image
 from vlm_eval.errors import CheckpointError
-from vlm_eval.vlms.batching import left_pad
+from vlm_eval.vlms.batching import finite_outputs, left_pad
 from vlm_eval.vlms.openflamingo.model import FlamingoModel, tokens_before_ln_post
 from vlm_eval.vlms.openflamingo.prompts import END_OF_CHUNK, GENERATION, IMAGE, Demonstration, chunk_answer, flamingo_prompt
 
@@ -104,7 +104,9 @@ class FlamingoAdapter:
         settings = GENERATION[batch.kind or "caption"]
         ids, mask = left_pad([self._ids(p) for p in batch.prompts], self.pad_id, self.device)
         latents = self.latents(batch.pixels, self.context_latents(batch.context))
-        with self.model.conditioned(latents.repeat_interleave(settings.num_beams, dim=0)):
+        head = self.model.lang_encoder.get_output_embeddings()
+        with self.model.conditioned(latents.repeat_interleave(settings.num_beams, dim=0)), \
+                finite_outputs(head, batch.ids, self.dtype):
             out = self.model.lang_encoder.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=settings.num_beams,
                 length_penalty=settings.length_penalty, do_sample=False, eos_token_id=self.end_of_chunk_id,

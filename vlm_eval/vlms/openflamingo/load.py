@@ -17,6 +17,7 @@ import torch
 
 from vlm_eval.cards import VlmCard
 from vlm_eval.contracts import ImageEncoder
+from vlm_eval.encoders.checkpoints import require_finite
 from vlm_eval.errors import CheckpointError, MissingResourceError, VlmEvalError
 from vlm_eval.vlms.openflamingo.adapter import FlamingoAdapter
 from vlm_eval.vlms.openflamingo.model import FlamingoModel
@@ -85,11 +86,13 @@ def language_model(card: VlmCard, allow_download: bool, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
         folder = local_folder(where, allow_download)
         if is_mosaic_gpt(json.loads((folder / "config.json").read_text())):  # OpenFlamingo-3B's MPT-1B
-            return load_mosaic_gpt(folder, dtype), tokenizer
-        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+            lm = load_mosaic_gpt(folder, dtype)
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except OSError as exc:
         raise MissingResourceError(f"VLM {card.name!r}: cannot load its language model {source} "
                                    f"({exc.__class__.__name__}). {how_to_get(card)}") from exc
+    require_finite(lm.named_parameters(), f"VLM {card.name!r}, language model {folder}")
     return lm, tokenizer
 
 
@@ -128,6 +131,7 @@ def load_checkpoint(model: FlamingoModel, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model_state_dict", state)
     state = canonical_keys(state, model)
+    require_finite(state.items(), str(path))
     expected = model.state_dict()
     wanted = set(model.checkpoint_keys())
     missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
