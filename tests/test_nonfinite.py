@@ -1,6 +1,7 @@
 """No silent numbers: NaN or infinite weights are refused at load, NaN logits stop a run (issue 20, item 1)."""
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -100,3 +101,61 @@ def test_nan_logits_of_a_zero_shot_classifier_stop_the_run(tmp_path, monkeypatch
             "--output-dir", str(tmp_path / "run")]
     assert main(argv) == 2
     assert "the zero-shot classifier's logits became NaN or infinite" in capsys.readouterr().err
+
+
+class Payload:
+    """A pickle that would run a command when unpickled without weights_only."""
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {PWNED}",)
+
+
+PWNED = Path("/tmp/vlm_eval_test_pwned")
+
+
+def break_folder(folder: Path, how: str) -> None:
+    if how == "pickle":
+        import pickle
+
+        (folder / "model.safetensors").unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": Payload()}))
+    elif how == "no config":
+        (folder / "config.json").unlink()
+    elif how == "corrupt config":
+        (folder / "config.json").write_text("{not json")
+    elif how == "config of another size":
+        config = json.loads((folder / "config.json").read_text())
+        config["text_config"]["hidden_size"] *= 2
+        (folder / "config.json").write_text(json.dumps(config))
+    elif how == "no tokenizer":
+        (folder / "tokenizer.json").unlink()
+    elif how == "no weights":
+        (folder / "model.safetensors").unlink()
+    elif how == "corrupt weights":
+        (folder / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+
+
+@pytest.mark.parametrize("how, says", [
+    ("pickle", "a pickle holding more than tensors"),
+    ("no config", "has no config.json"),
+    ("corrupt config", "config.json is not valid JSON"),
+    ("config of another size", "the weights' shapes do not fit config.json"),
+    ("no tokenizer", "holds no tokenizer"),
+    ("no weights", "holds no weights"),
+    ("corrupt weights", "SafetensorError"),
+])
+def test_a_broken_vlm_folder_is_a_clear_error_naming_it(how, says, tmp_path, monkeypatch, capsys):
+    folder = Path(shutil.copytree(ASSETS / "mini-llava", tmp_path / "mini-llava"))
+    break_folder(folder, how)
+    card = dataclasses.replace(cards.load_card("vlms", "mini-llava"), path=str(folder))
+    real = cards.load_card
+    monkeypatch.setattr(cards, "load_card", lambda kind, name: card if name == "mini-llava" else real(kind, name))
+    PWNED.unlink(missing_ok=True)
+    argv = ["--vlm", "mini-llava", "--encoder", "mini-clip", "--task", "demo", "--n-samples", "2",
+            "--output-dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # the CLI's one-line error, no traceback after it
+    assert last.startswith("error: ") and says in last and str(folder) in last
+    assert not PWNED.exists()  # the payload never ran

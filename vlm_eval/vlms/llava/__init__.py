@@ -50,8 +50,8 @@ class LlavaFamily:
         if card.build is not None:
             return True, "random weights, built on the fly"
         if card.path is not None:
-            folder = card_relative(card, card.path)
-            return (folder / "config.json").is_file(), str(folder)
+            folder = card_relative(card, card.path)  # what it holds is checked as it loads (vlms/folders.py)
+            return folder.is_dir(), str(folder)
         from huggingface_hub import try_to_load_from_cache
 
         if isinstance(try_to_load_from_cache(card.hf_id, "config.json"), str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import CLIPVisionModel, LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
@@ -9,6 +11,7 @@ from vlm_eval.cards import VlmCard, card_relative
 from vlm_eval.contracts import ImageEncoder
 from vlm_eval.encoders.checkpoints import require_finite
 from vlm_eval.errors import CheckpointError, MissingResourceError, VlmEvalError
+from vlm_eval.vlms.folders import check_model_folder, transformers_refusals
 from vlm_eval.vlms.llava.adapter import LlavaAdapter
 
 
@@ -63,10 +66,13 @@ def _load_model(card: VlmCard, dtype: torch.dtype, allow_download: bool,
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
     source = local_path(card) or card.hf_id
+    if card.path is not None:
+        check_model_folder(Path(source), f"VLM {card.name!r}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
-        model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, device_map=device_map,
-                                                              local_files_only=not allow_download)
+        with transformers_refusals(f"VLM {card.name!r}", source):
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+            model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, device_map=device_map,
+                                                                  local_files_only=not allow_download)
     except OSError as exc:
         if card.path is not None:
             raise MissingResourceError(f"VLM {card.name!r}: cannot load {source}: {exc}") from exc

@@ -19,6 +19,7 @@ from vlm_eval.cards import VlmCard
 from vlm_eval.contracts import ImageEncoder
 from vlm_eval.encoders.checkpoints import require_finite
 from vlm_eval.errors import CheckpointError, MissingResourceError, VlmEvalError
+from vlm_eval.vlms.folders import check_model_folder, transformers_refusals
 from vlm_eval.vlms.openflamingo.adapter import FlamingoAdapter
 from vlm_eval.vlms.openflamingo.model import FlamingoModel
 from vlm_eval.vlms.openflamingo.mosaic import is_mosaic_gpt, load_mosaic_gpt
@@ -82,13 +83,16 @@ def language_model(card: VlmCard, allow_download: bool, dtype: torch.dtype):
 
     where = language_model_location(card)
     source = where.repo or where.name
+    what = f"VLM {card.name!r}, language model"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
-        folder = local_folder(where, allow_download)
-        if is_mosaic_gpt(json.loads((folder / "config.json").read_text())):  # OpenFlamingo-3B's MPT-1B
-            lm = load_mosaic_gpt(folder, dtype)
-        else:
-            lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        with transformers_refusals(what, source):
+            folder = local_folder(where, allow_download)
+            check_model_folder(folder, what, tokenizer=False)  # hub models may take their tokenizer from elsewhere
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+            if is_mosaic_gpt(json.loads((folder / "config.json").read_text())):  # OpenFlamingo-3B's MPT-1B
+                lm = load_mosaic_gpt(folder, dtype)
+            else:
+                lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except OSError as exc:
         raise MissingResourceError(f"VLM {card.name!r}: cannot load its language model {source} "
                                    f"({exc.__class__.__name__}). {how_to_get(card)}") from exc
