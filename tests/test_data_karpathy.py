@@ -213,3 +213,18 @@ def test_image_without_references_in_coco_file(coco_karpathy, tmp_path):
 def test_images_are_not_checked_at_read_time(coco_karpathy, tmp_path):
     samples = read_karpathy_captions(coco_karpathy, tmp_path / "does-not-exist")
     assert len(samples) == 2 and not samples[0].image_path.exists()
+
+
+def test_a_repeated_image_or_empty_references_are_refused(tmp_path):
+    repeated = _write(tmp_path / "repeated.json", {"images": [_coco_entry(9, "test"), _coco_entry(9, "test")]})
+    with pytest.raises(DataError, match="repeated.json: ids that occur more than once .*: 9"):
+        read_karpathy_captions(repeated, tmp_path)
+    blank = _coco_entry(7, "test")
+    blank["sentences"] = _sentences("", "  ")
+    empty = _write(tmp_path / "empty.json", {"images": [_coco_entry(9, "test"), blank]})
+    with pytest.raises(DataError, match="references are all empty .*: 7"):
+        read_karpathy_captions(empty, tmp_path)
+    numbered = _coco_entry(5, "test")
+    numbered["sentences"][1]["raw"] = 42
+    with pytest.raises(DataError, match=r"images\[0\].sentences\[1\] key 'raw' should be a string, got 42"):
+        read_karpathy_captions(_write(tmp_path / "numbered.json", {"images": [numbered]}), tmp_path)

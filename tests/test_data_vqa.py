@@ -1,6 +1,7 @@
 """VQA-format reader (VQAv2, OK-VQA, TextVQA, VizWiz) on small files in the official format."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,33 @@ def test_empty_questions(tmp_path):
     q, a = _vqa_files(tmp_path, [], [])
     with pytest.raises(DataError, match="empty"):
         read_vqa(q, a, tmp_path, VQAV2_TEMPLATE)
+
+
+def _one_question(qid, text="Is it red?", image_id=1):
+    return {"image_id": image_id, "question": text, "question_id": qid}
+
+
+def _one_annotation(qid, answers=("yes",) * 10, image_id=1):
+    return {"question_id": qid, "image_id": image_id, "answers": _answers(*answers)}
+
+
+@pytest.mark.parametrize("questions, annotations, says", [
+    ([_one_question(1), _one_question(2), _one_question(1)], [_one_annotation(1), _one_annotation(2)],
+     re.escape("questions.json: ids that occur more than once (each would be evaluated and counted twice): 1.")),
+    ([_one_question(1, "  "), _one_question(2)], [_one_annotation(1), _one_annotation(2)],
+     re.escape("questions.json: empty questions: 1.")),
+    ([_one_question(1, None)], [_one_annotation(1)], r"questions\[0\] key 'question' should be a string, got null"),
+    ([_one_question(1)], [_one_annotation(1, ("",) * 10)], re.escape("references are all empty (nothing to score against): 1")),
+    ([_one_question(1)], [_one_annotation(1, (5,) * 10)], r"answers\[0\] key 'answer' should be a string, got 5"),
+])
+def test_questions_that_cannot_be_scored_honestly_are_refused(tmp_path, questions, annotations, says):
+    q, a = _vqa_files(tmp_path, questions, annotations)
+    with pytest.raises(DataError, match=says):
+        read_vqa(q, a, tmp_path, "{image_id}.jpg")
+
+
+def test_many_duplicates_are_counted_and_the_first_named(tmp_path):
+    questions = [_one_question(i % 7) for i in range(20)]
+    q, a = _vqa_files(tmp_path, questions, [_one_annotation(i) for i in range(7)])
+    with pytest.raises(DataError, match=r"counted twice\): 0, 1, 2, 3, 4, \.\.\. \(7 in all\)"):
+        read_vqa(q, a, tmp_path, "{image_id}.jpg")

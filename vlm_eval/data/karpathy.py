@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
-from vlm_eval.data.samples import Sample, load_json_file, require, require_list
+from vlm_eval.data.samples import Sample, load_json_file, refuse_unscorable, require, require_list, require_text
 from vlm_eval.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def read_karpathy_captions(
             )
         )
     logger.info("read %d %s images from %s", len(samples), split, karpathy_json)
-    return samples
+    return refuse_unscorable(samples, references_json or karpathy_json)
 
 
 def read_coco_references(references_json: Path) -> dict[str, list[str]]:
@@ -147,7 +147,7 @@ def _raw_sentences(entry: dict[str, Any], path: Path, where: str) -> tuple[str, 
     """The entry's `sentences[k]["raw"]` in file order; none when it has no sentences."""
     sentences = require_list(entry, "sentences", path, where) if "sentences" in entry else []
     return tuple(
-        str(require(sentence, "raw", path, f"{where}.sentences[{i}]")) for i, sentence in enumerate(sentences)
+        require_text(sentence, "raw", path, f"{where}.sentences[{i}]") for i, sentence in enumerate(sentences)
     )
 
 

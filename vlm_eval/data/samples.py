@@ -8,6 +8,7 @@ user can fix the file without reading a traceback.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,34 @@ def require_list(entry: Any, key: str, path: Path, where: str) -> list:
     if not isinstance(value, list):
         raise DataError(f"{path}: {where} key {key!r} should be a list, got {type(value).__name__}")
     return value
+
+
+def require_text(entry: Any, key: str, path: Path, where: str) -> str:
+    """Like `require`, but the value must be a string (a number or null is not text: it would be scored as
+    "5" or "None")."""
+    value = require(entry, key, path, where)
+    if not isinstance(value, str):
+        raise DataError(f"{path}: {where} key {key!r} should be a string, got {json.dumps(value)}")
+    return value
+
+
+def preview(ids: list[str], limit: int = 5) -> str:
+    """"1, 2, 3, ... (12 in all)": the first few of some ids, for a message."""
+    return ", ".join(ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def refuse_unscorable(samples: list[Sample], path: Path) -> list[Sample]:
+    """The samples, unless some cannot be scored honestly: an id that occurs twice (evaluated and counted twice),
+    an empty question, or references that are all empty (nothing to score against). One error names every kind
+    found, with the first ids and the count; these are defects of the file, so no sample is skipped quietly."""
+    repeated = [key for key, count in Counter(s.id for s in samples).items() if count > 1]
+    blank_questions = [s.id for s in samples if s.question is not None and not s.question.strip()]
+    blank_references = [s.id for s in samples if not any(r.strip() for r in s.references)]
+    problems = [f"{what}: {preview(ids)}" for what, ids in (
+        ("ids that occur more than once (each would be evaluated and counted twice)", repeated),
+        ("empty questions", blank_questions),
+        ("samples whose references are all empty (nothing to score against)", blank_references)) if ids]
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems) + ". Fix the file, or use the one released with the "
+                        "data set (docs/data.md)")
+    return samples

@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vlm_eval.data.samples import Sample, load_json_file, require, require_list
+from vlm_eval.data.samples import Sample, load_json_file, refuse_unscorable, require, require_list, require_text
 from vlm_eval.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -57,19 +57,19 @@ def read_vqa(questions_json: Path, annotations_json: Path, image_dir: Path, imag
         where = f"questions[{index}]"
         question_id = require(question, "question_id", questions_json, where)
         image_id = require(question, "image_id", questions_json, where)
-        text = require(question, "question", questions_json, where)
+        text = require_text(question, "question", questions_json, where)
         answers = _answers_for(question_id, image_id, annotations, annotations_json, questions_json)
         samples.append(
             Sample(
                 id=str(question_id),
                 image_path=image_dir / _image_name(image_file, question, questions_json, where),
                 references=answers,
-                question=str(text),
+                question=text,
                 image_id=str(image_id),
             )
         )
     logger.info("read %d questions from %s", len(samples), questions_json)
-    return samples
+    return refuse_unscorable(samples, questions_json)
 
 
 def _read_annotations(path: Path) -> dict[str, _Annotation]:
@@ -84,7 +84,7 @@ def _read_annotations(path: Path) -> dict[str, _Annotation]:
         answers = require_list(entry, "answers", path, where)
         if not answers:
             raise DataError(f"{path}: {where} has an empty 'answers' list")
-        texts = tuple(str(require(a, "answer", path, f"{where}.answers[{i}]")) for i, a in enumerate(answers))
+        texts = tuple(require_text(a, "answer", path, f"{where}.answers[{i}]") for i, a in enumerate(answers))
         by_question[key] = (entry.get("image_id"), texts)
     return by_question
 
