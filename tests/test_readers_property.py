@@ -3,7 +3,6 @@ exactly the distinct, scorable samples the file holds; never a traceback, never 
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 
