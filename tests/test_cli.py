@@ -296,3 +296,21 @@ def test_an_interrupted_run_names_its_folder_and_the_resume_command(tmp_path, mo
     err = capsys.readouterr().err
     assert err.count(f"python -m vlm_eval resume {out}") == 2  # at the start, and again when stopped
     assert "the finished samples are kept in" in err
+
+
+def test_threads_are_set_and_recorded(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main([*TINY, "--task", "demo", "--n-samples", "2", "--threads", "1", "--output-dir", str(tmp_path / "one")]) == 0
+        assert torch.get_num_threads() == 1
+        assert json.loads((tmp_path / "one" / "summary.json").read_text())["provenance"]["threads"] == 1
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+        assert main([*TINY, "--task", "demo", "--n-samples", "2", "--output-dir", str(tmp_path / "cores")]) == 0
+        assert json.loads((tmp_path / "cores" / "summary.json").read_text())["provenance"]["threads"] == 3
+        assert main([*TINY, "--task", "demo", "--threads", "0"]) == 2
+    finally:
+        torch.set_num_threads(before)

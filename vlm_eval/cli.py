@@ -117,6 +117,9 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=defaults.shots,
                    help="in-context demonstrations for VLMs that take them (OpenFlamingo): 0 (default) is its "
                         "'0-shot' with two text-only demonstrations from the task's training split")
+    p.add_argument("--threads", type=int, default=defaults.threads, metavar="N",
+                   help="torch's CPU threads (default: the cores this process may run on; on a shared machine "
+                        "or for tiny models, 1 is often faster)")
     p.add_argument("--bootstrap", type=int, default=defaults.bootstrap, metavar="N",
                    help="resamples of the 95 %% bootstrap interval given with every score (default %(default)s; "
                         "0: none)")

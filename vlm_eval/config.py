@@ -54,6 +54,7 @@ class EvalConfig:
     adaptive: bool = False  # attacks go through the defence (else: computed on the undefended model)
     eot_samples: int = 1  # adaptive: draws of the defence's randomness averaged per attack step
     bootstrap: int = 1000  # resamples of the 95 % bootstrap intervals on every score (0: none)
+    threads: int | None = None  # torch's CPU threads (None: the cores this process may run on)
     masked_lm: str | None = None  # --attack text / bimodal: BERT-Attack with this masked LM instead of HotFlip
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class EvalConfig:
             raise VlmEvalError(f"resolution must be one of {RESOLUTIONS}, got {self.resolution}")
         if self.batch_size < 1:
             raise VlmEvalError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
+            raise VlmEvalError(f"--threads must be a number >= 1, got {self.threads!r}")
         if self.bootstrap < 0:
             raise VlmEvalError(f"--bootstrap must be >= 0 resamples (0: no intervals), got {self.bootstrap}")
         if self.steps < 1:

@@ -29,11 +29,26 @@ class Loaded:
 
 
 def load(plan: Plan) -> Loaded:
-    """The task's model, and, in an attacked run of a VLM, the semantic checks' models."""
+    """The task's model, and, in an attacked run of a VLM, the semantic checks' models; torch's CPU threads set
+    first (`--threads`)."""
+    threads = use_threads(plan.config.threads)
     loaded = LOADERS[plan.task.model_kind](plan)
     if plan.semantic_checked:
         loaded.judge, loaded.provenance["semantic"] = load_judge(plan, loaded.model)
+    loaded.provenance["threads"] = threads
     return loaded
+
+
+def use_threads(threads: int | None) -> int:
+    """Set torch's CPU threads: `threads`, else the cores this process may run on (which a scheduler or
+    `taskset` may limit below the machine's)."""
+    import os
+
+    import torch
+
+    chosen = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    torch.set_num_threads(chosen)
+    return chosen
 
 
 _kept: dict[tuple, VLM] | None = None  # inside `keeping_vlm_loaded`: the VLM last loaded, by what loaded it
