@@ -297,17 +297,21 @@ def test_default_schedules_are_the_papers_protocol():
     assert captioning.stop_below is vqa.stop_below is cpu.stop_below is None  # the task decides
 
 
-def test_bf16_autocast_on_a_cpu_without_bf16_hardware_warns_once(monkeypatch, caplog):
+@pytest.mark.parametrize("native", [True, False])
+def test_half_precision_runs_on_a_cpu_use_bf16_only_with_bf16_hardware(monkeypatch, native):
     from vlm_eval.attacks import executor
 
-    executor.warn_without_bf16_hardware.cache_clear()
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    executor.cpu_has_bf16.cache_clear()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    for _ in range(3):
-        with executor.precision("cpu", "bf16"):
-            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-    assert caplog.text.count("this CPU has no bf16 hardware") == 1 and "captioning-fp32.yaml" in caplog.text
-    executor.warn_without_bf16_hardware.cache_clear()
+    try:
+        for name in ("fp16", "bf16"):
+            assert executor.as_run("cpu", name) == ("bf16" if native else "fp32")
+            with executor.precision("cpu", name):
+                assert torch.is_autocast_enabled("cpu") == native
+        assert executor.as_run("cpu", "fp32") == "fp32" and executor.as_run("cuda", "fp16") == "fp16"  # GPUs: as written
+    finally:
+        executor.cpu_has_bf16.cache_clear()
 
 
 @pytest.mark.parametrize("task,stop_below", [("coco", 10), ("flickr30k", 2), ("mini-coco", 10), ("vqav2", 1),
@@ -356,12 +360,18 @@ def test_ensemble_keeps_each_samples_worst_case_and_skips_broken_samples(sample,
     assert skipped > 0
     assert summary["config"]["resolved"]["precision"] == "fp32"
     assert summary["config"]["resolved"]["attack"]["stop_below"] == 150
+    from vlm_eval.attacks.executor import cpu_has_bf16
+
+    assert summary["provenance"]["attack_precision"] == {"bf16": "bf16" if cpu_has_bf16() else "fp32", "fp32": "fp32"}
     assert "cider_attacked" not in summary["metrics"]  # the worst case counts the clean pass: it would repeat robust
 
 
 def test_the_ensembles_clean_pass_runs_in_its_first_runs_precision(sample, tmp_path, monkeypatch):
     """The reference loads its model in fp16 for the clean pass and the fp16 runs alike."""
+    from vlm_eval.attacks import executor
     from vlm_eval.vlms.llava.adapter import LlavaAdapter
+
+    monkeypatch.setattr(executor, "cpu_has_bf16", lambda: True)  # a CPU with bf16 hardware runs half precision in bf16
 
     seen = []
     generate = LlavaAdapter.generate
@@ -377,6 +387,7 @@ def test_the_ensembles_clean_pass_runs_in_its_first_runs_precision(sample, tmp_p
                       "--steps", "1", "--batch-size", "12", "--reference-encoder", "none", "--sentence-model", "none")
     assert seen[0] == torch.bfloat16  # the clean pass (the run's own generation follows, also in bf16)
     assert summary["config"]["resolved"]["attack"]["clean_precision"] == "bf16"
+    assert summary["provenance"]["attack_precision"] == {"bf16": "bf16"}  # what it computed in, recorded
 
 
 @pytest.mark.parametrize("text,message", [

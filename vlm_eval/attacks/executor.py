@@ -27,21 +27,29 @@ AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def precision(device: torch.device | str, name: str) -> ContextManager[Any]:
-    """Autocast to a half precision over fp32 weights; fp32 and the model's own precision run as they are."""
+    """Autocast to a half precision over fp32 weights, as `as_run` chooses it for the device; fp32 and the
+    model's own precision run as they are."""
+    name = as_run(device, name)
     if name not in AUTOCAST:
         return contextlib.nullcontext()
-    if name == "bf16" and torch.device(device).type == "cpu":
-        warn_without_bf16_hardware()
     return torch.autocast(torch.device(device).type, dtype=AUTOCAST[name])
 
 
+def as_run(device: torch.device | str, name: str) -> str:
+    """The precision a schedule's run executes in: on a GPU as written (the protocol's fp16); on a CPU, half
+    precision is bf16 where the CPU has bf16 hardware (AVX512-BF16 or AMX) and fp32 elsewhere, where bf16 is
+    emulated at several times fp32's cost (fp16 autocast on a CPU is slower still; docs/performance.md)."""
+    if name not in AUTOCAST or torch.device(device).type != "cpu":
+        return name
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
 @functools.cache
-def warn_without_bf16_hardware() -> None:
-    """Without AVX512-BF16 or AMX, bf16 is converted to and from fp32 around every product: it can cost
-    several times fp32 (docs/performance.md); said once per process."""
-    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-        log.warning("this CPU has no bf16 hardware (AVX512-BF16, AMX): bf16 autocast may cost several times fp32; "
-                    "attack with schedules/captioning-fp32.yaml or schedules/vqa-fp32.yaml instead")
+def cpu_has_bf16() -> bool:
+    native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if not native:
+        log.info("this CPU has no bf16 hardware (AVX512-BF16, AMX): half-precision attack runs execute in fp32")
+    return native
 
 
 @dataclass

@@ -36,7 +36,18 @@ def load(plan: Plan) -> Loaded:
     if plan.semantic_checked:
         loaded.judge, loaded.provenance["semantic"] = load_judge(plan, loaded.model)
     loaded.provenance["threads"] = threads
+    if plan.attack is not None:
+        loaded.provenance["attack_precision"] = attack_precisions(plan)
     return loaded
+
+
+def attack_precisions(plan: Plan) -> dict[str, str]:
+    """Each precision the attack's schedule names, as it runs on this device ({"fp16": "bf16"} on a CPU with bf16
+    hardware): what a CPU run of the protocol actually computed in."""
+    from vlm_eval.attacks.executor import as_run
+
+    named = {run.precision for run in plan.attack.schedule.runs} | {plan.attack.clean_precision} - {"model"}
+    return {name: as_run(plan.placed_device, name) for name in sorted(named)}
 
 
 def use_threads(threads: int | None) -> int:
