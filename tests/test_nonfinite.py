@@ -159,3 +159,12 @@ def test_a_broken_vlm_folder_is_a_clear_error_naming_it(how, says, tmp_path, mon
     last = capsys.readouterr().err.strip().splitlines()[-1]  # the CLI's one-line error, no traceback after it
     assert last.startswith("error: ") and says in last and str(folder) in last
     assert not PWNED.exists()  # the payload never ran
+
+
+def test_the_advice_follows_the_precision():
+    from vlm_eval.errors import NonFiniteOutputError
+
+    advice = {dtype: str(NonFiniteOutputError("logits", [str(i) for i in range(5)], dtype))
+              for dtype in ("torch.float16", "torch.bfloat16", "torch.float32")}
+    assert "bf16 or fp32" in advice["torch.float16"] and "0, 1, 2, ... (5 samples)" in advice["torch.float16"]
+    assert "--precision fp32" in advice["torch.bfloat16"] and "check the model's weights" in advice["torch.float32"]

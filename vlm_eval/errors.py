@@ -53,6 +53,7 @@ class NonFiniteOutputError(VlmEvalError):
 
     def __init__(self, what: str, ids: list[str], dtype: str):
         shown = ", ".join(ids[:3]) + (f", ... ({len(ids)} samples)" if len(ids) > 3 else "")
-        fix = "rerun with --precision bf16 or fp32" if "float16" in dtype else "check the model's weights"
+        fixes = {"torch.float16": "rerun with --precision bf16 or fp32", "torch.bfloat16": "rerun with --precision fp32"}
+        fix = fixes.get(dtype, "check the model's weights")
         super().__init__(f"{what} became NaN or infinite on the batch of samples {shown} ({dtype}). Samples "
                          f"finished before this batch are kept; {fix}")
