@@ -117,17 +117,21 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=defaults.shots,
                    help="in-context demonstrations for VLMs that take them (OpenFlamingo): 0 (default) is its "
                         "'0-shot' with two text-only demonstrations from the task's training split")
+    _add_run_arguments(p, defaults)
+    _add_attack_arguments(p, defaults)
+    _add_defense_arguments(p, defaults)
+    _add_semantic_arguments(p)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> None:
     p.add_argument("--threads", type=int, default=defaults.threads, metavar="N",
                    help="torch's CPU threads (default: the cores this process may run on; on a shared machine "
                         "or for tiny models, 1 is often faster)")
     p.add_argument("--bootstrap", type=int, default=defaults.bootstrap, metavar="N",
                    help="resamples of the 95 %% bootstrap interval given with every score (default %(default)s; "
                         "0: none)")
-    _add_attack_arguments(p, defaults)
-    _add_defense_arguments(p, defaults)
-    _add_semantic_arguments(p)
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p
 
 
 def _add_attack_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> None:
