@@ -140,3 +140,16 @@ def test_the_schema_refuses_what_a_summary_must_not_hold(demo_runs):
                    {**summary, "unknown_field": 1}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)
+
+
+@needs_java
+def test_resampled_scores_stay_right_while_the_bootstrap_alternates_output_sets():
+    cider_module = importlib.import_module("vlm_eval.metrics.cider")
+    refs = {"a": ["a dog runs fast"], "b": ["the blue car stops"], "c": ["two cats sleep on a bed"]}
+    clean, attacked = {"a": "a dog runs", "b": "a blue car", "c": "cats"}, {"a": "a car", "b": "", "c": "a dog"}
+    draws = np.concatenate(list(Bootstrap(resamples=20, chunk=20).draws(3)))
+    fresh = [cider_module.CiderSet(refs).resampled(outputs, draws) for outputs in (clean, attacked)]
+    scorer = cider_module.CiderSet(refs)
+    for outputs, expected in [(clean, fresh[0]), (attacked, fresh[1]), (clean, fresh[0]), (attacked, fresh[1])]:
+        assert np.array_equal(scorer.resampled(outputs, draws), expected)
+    assert len(scorer.resampling) == 2

@@ -74,6 +74,8 @@ def test_rescore_against_another_reference_set(tmp_path):
 def test_rescore_needs_a_finished_run_and_a_choice(vqa_run, tmp_path, capsys):
     assert main(["rescore", str(vqa_run)]) == 2
     assert "nothing to change" in capsys.readouterr().err
+    assert main(["rescore", str(vqa_run), "--data", "questions_json"]) == 2
+    assert "--data expects KEY=VALUE" in capsys.readouterr().err
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
     assert main(["rescore", str(tmp_path / "half"), "--postprocess", "llava"]) == 2

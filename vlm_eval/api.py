@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from vlm_eval import cards
-from vlm_eval.config import EvalConfig
+from vlm_eval.config import EvalConfig, resolve_precision
 from vlm_eval.contracts import VLM, Batch, ImageEncoder
 
 if TYPE_CHECKING:
@@ -46,8 +46,7 @@ def load_vlm(name: str, encoder: str | None = "openai", *, device: str = "auto",
     swapped = encoder is not None and family.encoder_swapped(resolution, encoder)
     tower = load_encoder(encoder, weights_dir=weights_dir, allow_download=allow_download) if swapped else None
     device = resolve_device(device)
-    precision = precision if precision != "auto" else ("fp16" if device.startswith("cuda") else "fp32")
-    return family.load(card, tower, torch_dtype(precision), device, allow_download)
+    return family.load(card, tower, torch_dtype(resolve_precision(precision, device)), device, allow_download)
 
 
 def pixels_of(vlm: VLM, images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor:

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from vlm_eval.config import PRECISIONS, RESOLUTIONS, EvalConfig
+from vlm_eval.config import PRECISIONS, RESOLUTIONS, EvalConfig, key_value
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.stopping import stop_gracefully
 from vlm_eval.terminal import summary_table
@@ -224,8 +224,8 @@ def config_from(argv: list[str], args: argparse.Namespace) -> EvalConfig:
 
     from vlm_eval.config import load_config_file
 
-    values = {**vars(args), "data": dict(_key_value(kv) for kv in args.data),
-              "defense_args": dict(_key_value(kv) for kv in args.defense_arg)}
+    values = {**vars(args), "data": dict(key_value(kv) for kv in args.data),
+              "defense_args": dict(key_value(kv, "--defense-arg") for kv in args.defense_arg)}
     if args.config:
         from_file, given = load_config_file(Path(args.config)), explicit_options(argv)
         for key in ("data", "defense_args"):
@@ -318,13 +318,6 @@ def _n_samples(text: str) -> int | str | None:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, 'all' or 'auto', got {text!r}") from None
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key or not value:
-        raise VlmEvalError(f"--data expects KEY=PATH (a file key of the task card), got {text!r}")
-    return key, value
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -21,9 +21,8 @@ from vlm_eval.run.runner import saved_plan
 from vlm_eval.program import program
 
 
-def paired_records(run_a: Path, run_b: Path) -> tuple[list[dict], list[dict]]:
+def paired_records(run_a: Path, run_b: Path, summaries: tuple[dict, dict]) -> tuple[list[dict], list[dict]]:
     """Both runs' records in A's order; refused unless they scored the same samples against the same references."""
-    summaries = read_summary(run_a), read_summary(run_b)
     tasks = [s["config"]["resolved"]["task_card"] for s in summaries]
     if tasks[0] != tasks[1]:
         raise VlmEvalError(f"the runs evaluated different tasks ({tasks[0]} and {tasks[1]}): nothing to pair")
@@ -46,15 +45,15 @@ def paired_records(run_a: Path, run_b: Path) -> tuple[list[dict], list[dict]]:
 
 def compare(run_a: Path, run_b: Path, bootstrap: Bootstrap) -> dict:
     """Per metric both runs report: A, B, B - A and the paired interval of B - A."""
-    records_a, records_b = paired_records(run_a, run_b)
+    summary_a, summary_b = read_summary(run_a), read_summary(run_b)
+    records_a, records_b = paired_records(run_a, run_b, (summary_a, summary_b))
     task_a, task_b = saved_plan(run_a).task, saved_plan(run_b).task
     n = len(records_a)
     values_a = bootstrap.values(lambda draws: task_a.resampled(records_a, draws), n)
     values_b = bootstrap.values(lambda draws: task_b.resampled(records_b, draws), n)
-    summary_a, summary_b = read_summary(run_a)["metrics"], read_summary(run_b)["metrics"]
     rows = {}
     for name in values_a:
-        a, b = summary_a.get(name), summary_b.get(name)
+        a, b = summary_a["metrics"].get(name), summary_b["metrics"].get(name)
         if name in values_b and a is not None and b is not None:
             low, high = bootstrap.interval(values_b[name] - values_a[name])
             rows[name] = {"a": a, "b": b, "difference": b - a, "interval": [low, high],

@@ -112,6 +112,22 @@ def config_values(values: Any, where: str) -> dict[str, Any]:
     return values
 
 
+def resolve_precision(name: str, device: str) -> str:
+    """--precision auto: fp16 on a GPU (as the reference code), fp32 on the CPU."""
+    if name != "auto":
+        return name
+    return "fp16" if device.startswith("cuda") else "fp32"
+
+
+def key_value(text: str, option: str = "--data") -> tuple[str, str]:
+    """"KEY=VALUE" of an option such as --data (KEY=PATH) or --defense-arg, split; a clear error otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise VlmEvalError(f"{option} expects KEY=VALUE (for --data, a file key of the task card and a path), "
+                           f"got {text!r}")
+    return key, value
+
+
 def _is_zero(eps: str) -> bool:
     """Whether a radius as written is 0 ("0", "0/255", "0.0"); malformed ones are the threat model's to refuse."""
     try:

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from vlm_eval import results
+from vlm_eval.config import key_value
 from vlm_eval.contracts import Json
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.run import folder
@@ -91,9 +92,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", action="append", default=[], metavar="KEY=PATH", help="one of the task's files")
     p.add_argument("--output", type=Path, help="the new run folder (default RUN_DIR-rescored-<choices>)")
     args = p.parse_args(argv)
-    if any("=" not in item for item in args.data):
-        raise VlmEvalError("--data takes KEY=PATH, e.g. --data karpathy_json=other/dataset_coco.json")
-    data = dict(item.split("=", 1) for item in args.data)
+    data = dict(key_value(item) for item in args.data)
     choices = {key: value for key, value in (("vqa_normalize", args.vqa_normalize), ("postprocess", args.postprocess),
                                              ("data_root", args.data_root), ("data", data)) if value}
     if not choices:

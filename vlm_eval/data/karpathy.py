@@ -83,7 +83,8 @@ def read_karpathy_captions(
             )
         )
     logger.info("read %d %s images from %s", len(samples), split, karpathy_json)
-    return refuse_unscorable(samples, references_json or karpathy_json)
+    source = karpathy_json if references_json is None else f"{karpathy_json} (references: {references_json})"
+    return refuse_unscorable(samples, source)
 
 
 def read_coco_references(references_json: Path) -> dict[str, list[str]]:

@@ -99,7 +99,7 @@ def preview(ids: list[str], limit: int = 5) -> str:
     return ", ".join(ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
-def refuse_unscorable(samples: list[Sample], path: Path) -> list[Sample]:
+def refuse_unscorable(samples: list[Sample], path: Path | str) -> list[Sample]:
     """The samples, unless some cannot be scored honestly: an id that occurs twice (evaluated and counted twice),
     an empty question, or references that are all empty (nothing to score against). One error names every kind
     found, with the first ids and the count; these are defects of the file, so no sample is skipped quietly."""

@@ -166,6 +166,7 @@ class CiderSet:
             raise ValueError("cider: every reference caption is empty after PTB tokenisation")
         self.model = CiderD([tokens[key] for key in self.ids])
         self.tokenized: dict[str, str] = {}  # candidate text -> its PTB tokens
+        self.resampling: dict[tuple, Candidates] = {}  # the output sets being bootstrapped (clean, attacked)
 
     def same_references(self, refs: Mapping[K, Sequence[str]]) -> bool:
         return len(refs) == len(self.refs) and all(list(refs.get(key, ())) == self.refs[key] for key in self.ids)
@@ -186,8 +187,12 @@ class CiderSet:
 
     def resampled(self, cands: Mapping[K, str], draws: np.ndarray) -> np.ndarray:
         """(r, len(cands)): per-item CIDEr-D (x100) under the idf of each resample; `draws` (r, N): how often
-        each item (in the order of `ids`) was drawn."""
-        return self.model.scores(self._prepare(cands), draws) * 100.0
+        each item (in the order of `ids`) was drawn. The bootstrap asks chunk after chunk for the same output
+        sets, so the last two are kept prepared."""
+        key = tuple(cands.items())
+        if key not in self.resampling:
+            self.resampling = {**dict(list(self.resampling.items())[-1:]), key: self._prepare(cands)}
+        return self.model.scores(self.resampling[key], draws) * 100.0
 
 
 def cider(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> tuple[float, dict[K, float]]:

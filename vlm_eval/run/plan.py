@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 from vlm_eval import cards
 from vlm_eval.cards import EncoderCard, TaskCard, VlmCard
-from vlm_eval.config import PROTOCOL_SEED, EvalConfig
+from vlm_eval.config import PROTOCOL_SEED, EvalConfig, resolve_precision
 from vlm_eval.errors import MissingResourceError, VlmEvalError
 from vlm_eval.run.folder import check_run_dir
 from vlm_eval.run.shard import Shard
@@ -84,7 +84,7 @@ def resolve(config: EvalConfig, shard: Shard = Shard()) -> Plan:
         raise VlmEvalError(f"task card {task_card.card_path}: unknown prompt {task_card.prompt!r}; "
                            f"known: {', '.join(vlm_family(vlm_card).prompts)}")
     device = resolve_device(config.device)
-    precision = config.precision if config.precision != "auto" else ("fp16" if device.startswith("cuda") else "fp32")
+    precision = resolve_precision(config.precision, device)
     attack, replay = resolve_attack(config, task_card, classifier)
     if attack is not None and attack.ensemble:
         if config.precision not in ("auto", "fp32"):
