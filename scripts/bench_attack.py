@@ -10,7 +10,10 @@ Measures, on the toolkit's own loss closure (`LlavaAdapter.loss_closure`) and AP
   (c) model FLOP/s and utilisation against a peak (989 TFLOP/s dense bf16 for an H100), peak memory
       per batch on CUDA, and the hours the protocol's captioning ensemble (500 samples, up to 600
       APGD iterations each) would take at the best batch and with the reference-style loop.
-The numbers go into docs/performance.md; nothing here is a test.
+Each measurement is repeated in --repeats rounds in which the sides take turns (bare step and APGD; the
+reference-style loop and each batch size), and reported as min and median: a change of load on the machine
+then falls on every side alike, instead of on whichever ran while it lasted. The numbers go into
+docs/performance.md; nothing here is a test.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -98,23 +102,22 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
-def bare_step(vlm: LlavaAdapter, n: int, repeats: int, device: str) -> float:
-    """Median seconds of one forward+backward of the attack loss to the pixels, nothing else."""
+def bare_step(vlm: LlavaAdapter, n: int, device: str) -> Callable[[], float]:
+    """A timer of one forward+backward of the attack loss to the pixels at batch n, nothing else."""
     batch = make_batch(vlm, n)
     loss_fn = vlm.loss_closure(batch, [TARGET] * n)
     rows = torch.arange(n, device=vlm.device)
     evaluate(loss_fn, batch.pixels, rows, 1.0, 0)  # warm-up
-    times = [timed(lambda: evaluate(loss_fn, batch.pixels, rows, 1.0, 0), device) for _ in range(repeats)]
-    return statistics.median(times)
+    return lambda: timed(lambda: evaluate(loss_fn, batch.pixels, rows, 1.0, 0), device)
 
 
-def apgd_iteration(vlm: LlavaAdapter, n: int, steps: int, device: str) -> float:
-    """Seconds per APGD iteration (steps + the starting evaluation), at batch n."""
+def apgd_iteration(vlm: LlavaAdapter, n: int, steps: int, device: str) -> Callable[[], float]:
+    """A timer of seconds per APGD iteration (steps + the starting evaluation) at batch n."""
     batch = make_batch(vlm, n)
     loss_fn = vlm.loss_closure(batch, [TARGET] * n)
     threat = ThreatModel.parse("4/255")
     apgd(loss_fn, batch.pixels, threat, 1, initial_step=1.0)  # warm-up
-    return timed(lambda: apgd(loss_fn, batch.pixels, threat, steps, initial_step=1.0), device) / (steps + 1)
+    return lambda: timed(lambda: apgd(loss_fn, batch.pixels, threat, steps, initial_step=1.0), device) / (steps + 1)
 
 
 def reference_style_loss(vlm: LlavaAdapter):
@@ -126,9 +129,9 @@ def reference_style_loss(vlm: LlavaAdapter):
     return lambda x: vlm.model(input_ids=ids, pixel_values=vlm.normalize(x), labels=labels).loss
 
 
-def reference_style_iteration(vlm: LlavaAdapter, samples: int, steps: int, device: str) -> float:
-    """Seconds per sample-iteration of a batch-size-1 loop as the reference code writes it: one image
-    at a time, the full-logits loss, `.backward()`, a sign step."""
+def reference_style_iteration(vlm: LlavaAdapter, samples: int, steps: int, device: str) -> Callable[[], float]:
+    """A timer of seconds per sample-iteration of a batch-size-1 loop as the reference code writes it: one
+    image at a time, the full-logits loss, `.backward()`, a sign step."""
     eps, alpha = 4 / 255, 1 / 255
     loss_of = reference_style_loss(vlm)
 
@@ -144,7 +147,17 @@ def reference_style_iteration(vlm: LlavaAdapter, samples: int, steps: int, devic
 
     images = make_batch(vlm, samples).pixels
     attack_one(images[:1])  # warm-up
-    return timed(lambda: [attack_one(images[i : i + 1]) for i in range(samples)], device) / (samples * (steps + 1))
+    return lambda: timed(lambda: [attack_one(images[i : i + 1]) for i in range(samples)], device) / (samples * (steps + 1))
+
+
+def interleaved(timers: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict[str, float]]:
+    """Each timer's min and median over `repeats` rounds, the timers taking turns within each round, so that
+    a change of load on the machine falls on all of them alike and no ratio compares a busy moment with an idle one."""
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            times[name].append(timer())
+    return {name: {"min": min(t), "median": statistics.median(t), "all": t} for name, t in times.items()}
 
 
 def peak_memory(vlm: LlavaAdapter, n: int, device: str) -> float | None:
@@ -166,7 +179,7 @@ def main() -> None:
     p.add_argument("--batches", default="1,8,16,32", help="batch sizes of (b), comma-separated")
     p.add_argument("--steps", type=int, default=10, help="APGD steps per measurement")
     p.add_argument("--overhead-batch", type=int, default=8, help="batch of (a)")
-    p.add_argument("--repeats", type=int, default=5, help="bare forward+backward repeats of (a)")
+    p.add_argument("--repeats", type=int, default=5, help="rounds of measurements, the sides taking turns in each")
     p.add_argument("--reference-samples", type=int, default=2, help="images through the reference-style loop")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense peak for the MFU")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -177,37 +190,46 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # else fp16 at small batches hits a slow patch-embedding dgrad
     vlm = build_model(SHAPES[args.shape], args.device, DTYPES[args.dtype])
-    batch = make_batch(vlm, 1)
-    prompt_ids, target_ids = vlm.target_ids(batch.prompts[0], TARGET)
+    prompt_ids, target_ids = vlm.target_ids(make_batch(vlm, 1).prompts[0], TARGET)
     flops = model_flops(vlm, len(prompt_ids) + len(target_ids), len(target_ids) + 1)
     print(f"{args.shape} on {args.device} ({args.dtype}, {torch.get_num_threads()} CPU threads): "
           f"{sum(p.numel() for p in vlm.model.parameters()) / 1e6:.1f} M parameters, "
-          f"{len(prompt_ids) + len(target_ids)} LM tokens, {flops / 1e12:.4f} TFLOP per sample-iteration")
+          f"{len(prompt_ids) + len(target_ids)} LM tokens, {flops / 1e12:.4f} TFLOP per sample-iteration; "
+          f"{args.repeats} interleaved rounds, min / median")
 
-    bare = bare_step(vlm, args.overhead_batch, args.repeats, args.device)
-    iteration = apgd_iteration(vlm, args.overhead_batch, args.steps, args.device)
-    print(f"\n(a) batch {args.overhead_batch}: bare forward+backward {bare * 1e3:.1f} ms, APGD iteration "
-          f"{iteration * 1e3:.1f} ms, ratio {iteration / bare:.3f} (goal <= 1.05)")
+    overhead = interleaved({"bare": bare_step(vlm, args.overhead_batch, args.device),
+                            "apgd": apgd_iteration(vlm, args.overhead_batch, args.steps, args.device)}, args.repeats)
+    bare, iteration = overhead["bare"], overhead["apgd"]
+    print(f"\n(a) batch {args.overhead_batch}: bare forward+backward {bare['min'] * 1e3:.1f} / "
+          f"{bare['median'] * 1e3:.1f} ms, APGD iteration {iteration['min'] * 1e3:.1f} / {iteration['median'] * 1e3:.1f} "
+          f"ms, ratio {iteration['min'] / bare['min']:.3f} / {iteration['median'] / bare['median']:.3f} (goal <= 1.05)")
 
-    reference = reference_style_iteration(vlm, args.reference_samples, args.steps, args.device)
-    rows = [{"batch": "1, reference style", "s_per_sample_iteration": reference, "peak_gib": None}]
-    for n in [int(b) for b in args.batches.split(",")]:
-        per_sample = apgd_iteration(vlm, n, args.steps, args.device) / n
-        rows.append({"batch": n, "s_per_sample_iteration": per_sample, "peak_gib": peak_memory(vlm, n, args.device)})
-    print("\n(b, c)\n| batch | ms per sample-iteration | sample-iterations/s | vs reference style | model TFLOP/s | "
-          f"MFU (of {args.peak_tflops:g} TFLOP/s) | peak GiB | captioning ensemble, 500 samples, hours |")
+    batches = [int(b) for b in args.batches.split(",")]
+    timers = {"1, reference style": reference_style_iteration(vlm, args.reference_samples, args.steps, args.device)}
+    for n in batches:
+        timer = apgd_iteration(vlm, n, args.steps, args.device)
+        timers[n] = lambda timer=timer, n=n: timer() / n
+    measured = interleaved(timers, args.repeats)
+    reference = measured["1, reference style"]["median"]
+    print(f"\n(b, c) medians of {args.repeats} rounds\n| batch | ms per sample-iteration (min / median) | "
+          f"sample-iterations/s | vs reference style | model TFLOP/s | MFU (of {args.peak_tflops:g} TFLOP/s) | peak GiB | "
+          "captioning ensemble, 500 samples, hours |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        t = row["s_per_sample_iteration"]
-        row |= {"tflops": flops / t / 1e12, "mfu": flops / t / (args.peak_tflops * 1e12),
-                "ensemble_hours": ENSEMBLE_SAMPLES * ENSEMBLE_ITERATIONS * t / 3600, "speedup": reference / t}
+    rows = []
+    for name, times in measured.items():
+        t = times["median"]
+        row = {"batch": name, "s_per_sample_iteration": t, "min_s": times["min"], "all_s": times["all"],
+               "peak_gib": peak_memory(vlm, name, args.device) if isinstance(name, int) else None,
+               "tflops": flops / t / 1e12, "mfu": flops / t / (args.peak_tflops * 1e12),
+               "ensemble_hours": ENSEMBLE_SAMPLES * ENSEMBLE_ITERATIONS * t / 3600, "speedup": reference / t}
+        rows.append(row)
         peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.1f}"
         mfu = f"{row['mfu']:.3f}" if args.device.startswith("cuda") else "-"
-        print(f"| {row['batch']} | {t * 1e3:.1f} | {1 / t:.2f} | {row['speedup']:.2f}x | {row['tflops']:.3f} | "
-              f"{mfu} | {peak} | {row['ensemble_hours']:.1f} |")
+        print(f"| {name} | {times['min'] * 1e3:.1f} / {t * 1e3:.1f} | {1 / t:.2f} | {row['speedup']:.2f}x | "
+              f"{row['tflops']:.3f} | {mfu} | {peak} | {row['ensemble_hours']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "flops": flops,
-                                         "bare_s": bare, "apgd_iteration_s": iteration, "rows": rows}, indent=2))
+                                         "overhead": overhead, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "vlm_eval"
 # Bottom to top: a package (or top-level module) imports only from lower layers, never sideways or up.
 LAYERS = [
-    {"errors", "contracts", "stopping", "program"},
+    {"errors", "contracts", "stopping", "program", "timing"},
     {"registry", "cards", "config"},
     {"data", "metrics"},
     {"results"},

@@ -43,3 +43,18 @@ def test_flops_count_layers_on_every_token_and_the_head_where_the_loss_looks(ben
     n_layers = sum(p.numel() for p in lm.layers.parameters()) + lm.norm.weight.numel()
     expected = 4 * (n_layers * 100 + 500 * 32 * 7 + n_vision * (16 + 1))  # 224 / 56 = 4 x 4 patches, + CLS
     assert bench.model_flops(vlm, lm_tokens=100, kept_logits=7) == expected
+
+
+def test_the_sides_take_turns_and_report_min_and_median(bench):
+    calls, values = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 6.0, 4.0])}
+
+    def timer(name):
+        def measure():
+            calls.append(name)
+            return next(values[name])
+        return measure
+
+    measured = bench.interleaved({"a": timer("a"), "b": timer("b")}, repeats=3)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # never all of one side, then all of the other
+    assert measured["a"] == {"min": 1.0, "median": 2.0, "all": [3.0, 1.0, 2.0]}
+    assert measured["b"]["min"] == 4.0 and measured["b"]["median"] == 5.0

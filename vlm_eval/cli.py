@@ -27,6 +27,7 @@ from vlm_eval.config import PRECISIONS, RESOLUTIONS, EvalConfig, key_value
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.stopping import stop_gracefully
 from vlm_eval.terminal import summary_table
+from vlm_eval.timing import timings_to
 from vlm_eval.program import program, version
 
 log = logging.getLogger("vlm_eval")
@@ -132,6 +133,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> None
     p.add_argument("--bootstrap", type=int, default=defaults.bootstrap, metavar="N",
                    help="resamples of the 95 %% bootstrap interval given with every score (default %(default)s; "
                         "0: none)")
+    p.add_argument("--timings", type=Path, metavar="FILE",
+                   help="write where the run's time went, by phase (imports, data, model, scoring, writing, ...), "
+                        "to FILE as JSON (scripts/bench_pipeline.py)")
 
 
 def _add_attack_arguments(p: argparse.ArgumentParser, defaults: EvalConfig) -> None:
@@ -197,6 +201,13 @@ SHARD_HELP = ("this process is shard i of n (0 <= i < n) of the run in --output-
 
 def eval_command(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
+    if not args.timings:
+        return evaluate(argv, args)
+    with timings_to(args.timings):
+        return evaluate(argv, args)
+
+
+def evaluate(argv: list[str], args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     config = config_from(argv, args)
     if not config.allow_download:

@@ -17,7 +17,6 @@ import numpy as np
 from vlm_eval.errors import VlmEvalError
 from vlm_eval.metrics.bootstrap import Bootstrap
 from vlm_eval.results import read_samples, read_summary
-from vlm_eval.run.runner import saved_plan
 from vlm_eval.program import program
 
 
@@ -45,6 +44,8 @@ def paired_records(run_a: Path, run_b: Path, summaries: tuple[dict, dict]) -> tu
 
 def compare(run_a: Path, run_b: Path, bootstrap: Bootstrap) -> dict:
     """Per metric both runs report: A, B, B - A and the paired interval of B - A."""
+    from vlm_eval.run.runner import saved_plan  # torch, after --help
+
     summary_a, summary_b = read_summary(run_a), read_summary(run_b)
     records_a, records_b = paired_records(run_a, run_b, (summary_a, summary_b))
     task_a, task_b = saved_plan(run_a).task, saved_plan(run_b).task

@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlm_eval import results
 from vlm_eval.config import key_value
 from vlm_eval.contracts import Json
 from vlm_eval.errors import VlmEvalError
-from vlm_eval.run import folder
-from vlm_eval.run.plan import Plan
-from vlm_eval.run.runner import read_config, saved_plan, summarize
 from vlm_eval.program import program
+
+if TYPE_CHECKING:
+    from vlm_eval.run.plan import Plan
 
 def new_references(plan: Plan, records: list[dict]) -> dict[str, list[str]]:
     """Per evaluated sample, its references as the task's files (the new reference set) give them."""
@@ -52,6 +53,9 @@ def rescored_records(plan: Plan, records: list[dict], references: dict[str, list
 def rescore(run_dir: Path, output: Path | None, **choices: Json) -> Path:
     """Score RUN_DIR's records again with `choices` (the EvalConfig fields vqa_normalize, postprocess, data_root,
     data) into a new run folder."""
+    from vlm_eval.run import folder  # torch, after --help
+    from vlm_eval.run.runner import read_config, saved_plan, summarize
+
     run_dir = Path(run_dir)
     summary = results.read_summary(run_dir)  # a finished run only
     records = results.read_samples(run_dir)

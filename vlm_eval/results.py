@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from vlm_eval.errors import MissingResourceError, VlmEvalError
+from vlm_eval.timing import WRITING, phase
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +34,7 @@ ADVERSARIAL = "adversarial"
 PACKAGES = ("vlm-robust-eval", "torch", "transformers", "open_clip_torch", "pycocoevalcap", "accelerate")
 
 
+@phase(WRITING)
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
 
@@ -48,6 +50,7 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+@phase(WRITING)
 def swap_in(path: Path, write: Callable[[Path], None]) -> None:
     """`write` a new version of `path` next to it, then swap it in: a crash keeps the old one whole."""
     write(partial_path(path))
@@ -72,6 +75,7 @@ def replace_jsonl(path: Path, rows: Iterable[dict]) -> None:
     swap_in(path, lambda partial: write_jsonl(partial, rows))
 
 
+@phase(WRITING)
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     with path.open("a") as f:
         for row in rows:
@@ -169,6 +173,7 @@ def adversarial_file(run_dir: Path, sample_id: str) -> Path:
     return Path(run_dir) / ADVERSARIAL / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', str(sample_id))}.safetensors"
 
 
+@phase(WRITING)
 def save_adversarial(run_dir: Path, ids: list[str], pixels: torch.Tensor) -> None:
     from safetensors.torch import save_file
 

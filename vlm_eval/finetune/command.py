@@ -42,10 +42,10 @@ def overrides_from(extra: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    from vlm_eval.finetune.loop import finetune, resume_recipe
+    args, extra = parser().parse_known_args(argv)
+    from vlm_eval.finetune.loop import finetune, resume_recipe  # torch and accelerate: after --help
     from vlm_eval.finetune.recipe import load_recipe
 
-    args, extra = parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

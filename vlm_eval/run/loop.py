@@ -23,6 +23,7 @@ from vlm_eval.data.samples import Sample
 from vlm_eval.errors import BadSampleError
 from vlm_eval.run import folder
 from vlm_eval.run.claims import Claims
+from vlm_eval.timing import DATA, MODEL, phase
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,12 @@ def evaluate_batch(task: TaskType, model: VLM | Classifier, chunk: list[Sample],
                    records_file: Path, skipped_file: Path) -> None:
     from vlm_eval.attacks.snapshot import clear_snapshot
 
-    pixels, kept, bad = load_pixels(chunk, model.preprocess, strict)
+    with phase(DATA):
+        pixels, kept, bad = load_pixels(chunk, model.preprocess, strict)
     if kept:
-        results.append_jsonl(records_file, task.evaluate_batch(model, kept, torch.stack(pixels), step))
+        with phase(MODEL):  # less the scoring, checks and writing inside, which count for themselves
+            records = task.evaluate_batch(model, kept, torch.stack(pixels), step)
+        results.append_jsonl(records_file, records)
         clear_snapshot(step.run_dir, [s.id for s in kept])  # the batch is done: nothing of it to resume
     if bad:
         results.append_jsonl(skipped_file, bad)

@@ -29,6 +29,7 @@ from vlm_eval.run import folder, loop, models
 from vlm_eval.run.claims import CLAIMS, Claims
 from vlm_eval.run.plan import Plan, preflight, resolve, semantic_models, task_files
 from vlm_eval.run.shard import Shard
+from vlm_eval.timing import DATA, MODEL_LOADING, SCORING, phase
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,13 @@ def run(config: EvalConfig, resume: bool = False, shard: Shard = Shard()) -> Pat
         log.warning("%s is finished: nothing left for shard %s", plan.run_dir, shard.tag)
         return plan.run_dir
     files = preflight(plan, "resume" if resume else "join" if shard.count > 1 else "new")
-    samples = select_subset(read_task_samples(plan.task_card, files), plan.n_samples, plan.seed)
-    plan.task.setup(files)
-    if plan.replay is not None:  # every saved image there before any work
-        plan.replay.check([s.id for s in samples])
-    loaded = models.load(plan)
+    with phase(DATA):
+        samples = select_subset(read_task_samples(plan.task_card, files), plan.n_samples, plan.seed)
+        plan.task.setup(files)
+        if plan.replay is not None:  # every saved image there before any work
+            plan.replay.check([s.id for s in samples])
+    with phase(MODEL_LOADING):
+        loaded = models.load(plan)
 
     folder.start_or_join(plan.run_dir, full_config(plan), samples)
     folder.write_provenance(plan.run_dir, shard.tag, loaded.provenance)
@@ -131,12 +134,14 @@ def summarize(plan: Plan, records: list[Json], n_skipped: int, config: dict[str,
     from vlm_eval.metrics.bootstrap import Bootstrap
     from vlm_eval.semantic import semantic_summary
 
-    metrics = plan.task.aggregate(records, Step(plan.run_dir, [], plan.attack, plan.replay))
-    bootstrap = Bootstrap(resamples=plan.config.bootstrap)
-    intervals = bootstrap.intervals(lambda draws: plan.task.resampled(records, draws), len(records))
-    intervals = {name: interval for name, interval in intervals.items() if metrics.get(name) is not None}
-    return results.summary(config, provenance, len(records), n_skipped, metrics, semantic_summary(records),
-                           intervals, bootstrap.describe())
+    with phase(SCORING):
+        metrics = plan.task.aggregate(records, Step(plan.run_dir, [], plan.attack, plan.replay))
+        bootstrap = Bootstrap(resamples=plan.config.bootstrap)
+        intervals = bootstrap.intervals(lambda draws: plan.task.resampled(records, draws), len(records))
+        intervals = {name: interval for name, interval in intervals.items() if metrics.get(name) is not None}
+        semantic = semantic_summary(records)
+    return results.summary(config, provenance, len(records), n_skipped, metrics, semantic, intervals,
+                           bootstrap.describe())
 
 
 def saved_plan(run_dir: Path, **override: Json) -> Plan:

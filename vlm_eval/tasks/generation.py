@@ -19,6 +19,7 @@ from vlm_eval.contracts import VLM, Batch, Json, LossFn, Record, Step
 from vlm_eval.data.samples import Sample
 from vlm_eval.results import save_adversarial
 from vlm_eval.tasks.scoring import resampled_metrics, score_records
+from vlm_eval.timing import SCORING, SEMANTIC, phase
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -164,7 +165,8 @@ class VlmTarget:
         if self.references is None:
             return None
         ids = self.batch.ids
-        _, per_item = self.task.score(self.references, {ids[i]: self.task.postprocess(r) for i, r in zip(rows, raw)})
+        with phase(SCORING):
+            _, per_item = self.task.score(self.references, {ids[i]: self.task.postprocess(r) for i, r in zip(rows, raw)})
         return [per_item[ids[i]] for i in rows]
 
 
@@ -174,6 +176,7 @@ def add_semantic_checks(records: list[Record], clean: torch.Tensor, adversarial:
 
     outputs = [[r["raw_output"] for r in records], [r["adversarial"]["raw_output"] for r in records]]
     targets = [r["adversarial"]["target"] for r in records] if step.attack is not None and step.attack.targeted else None
-    checks = step.judge.check(clean, adversarial, *outputs, targets)
+    with phase(SEMANTIC):
+        checks = step.judge.check(clean, adversarial, *outputs, targets)
     for record, size, check in zip(records, perturbation_norms(clean, adversarial), checks):
         record["adversarial"].update(perturbation=size, semantic=check)
