@@ -101,3 +101,18 @@ def test_timings_file_adds_up_to_the_run(tmp_path):
     assert sum(seconds.values()) == pytest.approx(measured["total_s"])
     assert seconds["model"] > seconds["writing"]  # the attack's passes against a few small files
     assert builtins.__import__.__module__ == "builtins"  # the import hook ended with the run
+
+
+def test_the_command_line_exits_without_the_last_garbage_collections(monkeypatch, capsys):
+    import gc
+
+    from vlm_eval.cli import entry_point
+
+    monkeypatch.setattr(sys, "argv", ["vlm-eval", "--version"])
+    assert gc.get_freeze_count() == 0
+    try:
+        assert entry_point() == 0
+        assert gc.get_freeze_count() > 0  # what exists now is left to the process's end
+    finally:
+        gc.unfreeze()
+    assert "vlm-eval" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 import sys
 
-from vlm_eval.cli import main
+from vlm_eval.cli import entry_point
 
-sys.exit(main())
+sys.exit(entry_point())

@@ -18,6 +18,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -66,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def entry_point() -> int:
+    """`vlm-eval` and `python -m vlm_eval`: `main`, then an exit without the interpreter's last garbage
+    collections, which walk torch's and transformers' millions of objects (1.3 s of a run on 2 cores)."""
+    code = main()
+    gc.freeze()  # our files are closed by then; what is left is freed by the process's end
+    return code
 
 
 def eval_parser() -> argparse.ArgumentParser:
