@@ -314,3 +314,19 @@ def test_threads_are_set_and_recorded(tmp_path, monkeypatch):
         assert main([*TINY, "--task", "demo", "--threads", "0"]) == 2
     finally:
         torch.set_num_threads(before)
+
+
+LEAN = [["--help"], ["--version"], ["finetune", "--help"], ["sweep", "--help"], ["rescore", "--help"],
+        ["compare", "--help"], ["report", "--help"], ["table", "--help"], ["merge", "--help"]]
+
+
+@pytest.mark.parametrize("argv", LEAN, ids=" ".join)
+def test_help_and_version_answer_without_importing_torch(argv):
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['vlm_eval', *{argv!r}]\n"
+             "try:\n    runpy.run_module('vlm_eval', run_name='__main__')\nexcept SystemExit as exit:\n"
+             "    assert exit.code in (0, None), exit.code\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'open_clip', 'matplotlib') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -23,6 +23,7 @@ from vlm_eval.program import program
 if TYPE_CHECKING:
     from vlm_eval.run.plan import Plan
 
+
 def new_references(plan: Plan, records: list[dict]) -> dict[str, list[str]]:
     """Per evaluated sample, its references as the task's files (the new reference set) give them."""
     from vlm_eval.run.plan import task_files

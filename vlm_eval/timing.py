@@ -2,7 +2,7 @@
 
 Phases nest, and each second counts for the innermost phase open at the time, so the phases add up to
 the clock's lifetime: the ensemble's scoring inside the attack counts as scoring, not as model time.
-The clock only reads `time.perf_counter` on entering and leaving a phase (about a microsecond), so it
+The clock only reads `time.perf_counter` on entering and leaving a phase (a few microseconds), so it
 always runs; `python -m vlm_eval ... --timings FILE` restarts it for the run, times the imports too and
 writes what it measured (scripts/bench_pipeline.py).
 """
@@ -22,7 +22,7 @@ from typing import Iterator
 # The phases of a run. OTHER is time in no named phase: planning, checks, progress bookkeeping.
 DATA, MODEL_LOADING, MODEL, SCORING, SEMANTIC, WRITING, OTHER = (
     "data", "model loading", "model", "scoring", "semantic checks", "writing", "other")
-IMPORTS = "imports"  # modules imported while the clock runs (only counted after `watch_imports`)
+IMPORTS = "imports"  # modules loaded by import statements (counted inside `imports_timed` only)
 
 
 class Clock:
