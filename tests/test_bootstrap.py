@@ -52,6 +52,7 @@ def test_cider_d_equals_pycocoevalcap_on_the_set_and_on_resamples():
         refs = [[random_sentence(rng) or "x" for _ in range(rng.randint(1, 4))] for _ in range(n)]
         cands = [random_sentence(rng) for _ in range(n)]
         model = CiderD(refs)
+        columns = len(model.columns)
         drawn = [rng.randrange(n) for _ in range(n)]
         for items, draws in ((range(n), None), (drawn, np.bincount(drawn, minlength=n)[None])):
             reference = CiderScorer(n=4, sigma=6.0)
@@ -61,6 +62,7 @@ def test_cider_d_equals_pycocoevalcap_on_the_set_and_on_resamples():
             got = model.scores(model.candidates(list(range(n)), cands), draws)[0]
             for i, value in zip(items, expected):
                 assert got[i] == pytest.approx(value, rel=1e-12, abs=1e-12)
+        assert len(model.columns) == columns  # candidates' n-grams never widen the reference tables
 
 
 @needs_java
@@ -130,6 +132,7 @@ def test_compare_refuses_runs_on_other_samples(demo_runs, tmp_path, capsys):
     assert "5 only in A" in capsys.readouterr().err
 
 
+@needs_java
 def test_the_schema_refuses_what_a_summary_must_not_hold(demo_runs):
     import jsonschema
 
@@ -153,3 +156,5 @@ def test_resampled_scores_stay_right_while_the_bootstrap_alternates_output_sets(
     for outputs, expected in [(clean, fresh[0]), (attacked, fresh[1]), (clean, fresh[0]), (attacked, fresh[1])]:
         assert np.array_equal(scorer.resampled(outputs, draws), expected)
     assert len(scorer.resampling) == 2
+    # the resamples count items in the order of `ids`: the same references in another order are another set
+    assert scorer.same_references(dict(refs)) and not scorer.same_references(dict(reversed(refs.items())))

@@ -282,6 +282,7 @@ def test_threat_models_in_robustbench_spelling_and_a_deliberate_no_op(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["resolved"]["attack"]["norm"] == "linf"
     assert summary["metrics"]["cider_robust"] == summary["metrics"]["cider"]  # eps 0: nothing moved
+    assert summary["provenance"]["attack_precision"] == {}  # a single attack runs in the model's own dtype
 
 
 def test_an_interrupted_run_names_its_folder_and_the_resume_command(tmp_path, monkeypatch, capsys):

@@ -104,15 +104,19 @@ def test_nan_logits_of_a_zero_shot_classifier_stop_the_run(tmp_path, monkeypatch
 
 
 class Payload:
-    """A pickle that would run a command when unpickled without weights_only."""
+    """A pickle that would run a command when unpickled without weights_only: it creates `witness`."""
+
+    def __init__(self, witness: Path):
+        self.witness = witness
 
     def __reduce__(self):
         import os
 
-        return os.system, (f"touch {PWNED}",)
+        return os.system, (f"touch {self.witness}",)
 
 
-PWNED = Path("/tmp/vlm_eval_test_pwned")
+def witness_of(folder: Path) -> Path:
+    return folder.parent / "payload-ran"
 
 
 def break_folder(folder: Path, how: str) -> None:
@@ -120,7 +124,7 @@ def break_folder(folder: Path, how: str) -> None:
         import pickle
 
         (folder / "model.safetensors").unlink()
-        (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": Payload()}))
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": Payload(witness_of(folder))}))
     elif how == "no config":
         (folder / "config.json").unlink()
     elif how == "corrupt config":
@@ -152,13 +156,12 @@ def test_a_broken_vlm_folder_is_a_clear_error_naming_it(how, says, tmp_path, mon
     card = dataclasses.replace(cards.load_card("vlms", "mini-llava"), path=str(folder))
     real = cards.load_card
     monkeypatch.setattr(cards, "load_card", lambda kind, name: card if name == "mini-llava" else real(kind, name))
-    PWNED.unlink(missing_ok=True)
     argv = ["--vlm", "mini-llava", "--encoder", "mini-clip", "--task", "demo", "--n-samples", "2",
             "--output-dir", str(tmp_path / "run")]
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # the CLI's one-line error, no traceback after it
     assert last.startswith("error: ") and says in last and str(folder) in last
-    assert not PWNED.exists()  # the payload never ran
+    assert not witness_of(folder).exists()  # the payload never ran
 
 
 def test_the_advice_follows_the_precision():
@@ -166,5 +169,5 @@ def test_the_advice_follows_the_precision():
 
     advice = {dtype: str(NonFiniteOutputError("logits", [str(i) for i in range(5)], dtype))
               for dtype in ("torch.float16", "torch.bfloat16", "torch.float32")}
-    assert "bf16 or fp32" in advice["torch.float16"] and "0, 1, 2, ... (5 samples)" in advice["torch.float16"]
+    assert "bf16 or fp32" in advice["torch.float16"] and "0, 1, 2, ... (5 in all)" in advice["torch.float16"]
     assert "--precision fp32" in advice["torch.bfloat16"] and "check the model's weights" in advice["torch.float32"]

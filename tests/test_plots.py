@@ -171,7 +171,7 @@ def test_score_points_carry_error_bars_and_a_point_on_other_samples_stands_apart
     [ax] = score_figure(build_tables(collect([tmp_path]))).axes
     lines = {line.get_label(): (list(line.get_ydata()), line.get_linestyle()) for line in ax.get_lines()
              if not line.get_label().startswith("_")}
-    assert lines == {"llava + enc (n = 4)": ([100.0], "-"), "llava + enc (n = 4), † other samples": ([50.0], "None")}
+    assert lines == {"llava + enc (n = 4)": ([100.0], "-"), "llava + enc, † other samples (n = 1)": ([50.0], "None")}
     bars = [c for c in ax.containers if c.has_yerr]
     segments = [segment[:, 1].tolist() for c in bars for segment in c.lines[2][0].get_segments()]
     assert segments == [[90.0, 104.0], [40.0, 52.0]]  # each point's interval, the hollow one's too

@@ -57,7 +57,8 @@ def test_rescore_applies_another_normalisation_to_the_raw_outputs(vqa_run, tmp_p
 @needs_java
 def test_rescore_against_another_reference_set(tmp_path):
     run = tmp_path / "demo"
-    assert main([*TINY, "--task", "demo", "--n-samples", "all", "--output-dir", str(run)]) == 0
+    assert main([*TINY, "--task", "demo", "--n-samples", "all", "--data", f"image_dir={DEMO / 'images'}",
+                 "--output-dir", str(run)]) == 0
     outputs = {r["id"]: r["output"] for r in read_jsonl(run / "samples.jsonl")}
     annotations = json.loads((DEMO / "captions_demo.json").read_text())
     for annotation in annotations["annotations"]:  # every reference becomes the model's own caption
@@ -68,7 +69,11 @@ def test_rescore_against_another_reference_set(tmp_path):
     rescored = read_jsonl(tmp_path / "own" / "samples.jsonl")
     assert all(set(r["references"]) == {outputs[r["id"]] or "nothing"} for r in rescored)
     old = json.loads((run / "summary.json").read_text())["metrics"]["cider"]
-    assert json.loads((tmp_path / "own" / "summary.json").read_text())["metrics"]["cider"] > old
+    summary = json.loads((tmp_path / "own" / "summary.json").read_text())
+    assert summary["metrics"]["cider"] > old
+    # the run's own --data files stay beside the new one
+    assert summary["config"]["data"] == {"image_dir": str(DEMO / "images"),
+                                         "references_json": str(tmp_path / "captions.json")}
 
 
 def test_rescore_needs_a_finished_run_and_a_choice(vqa_run, tmp_path, capsys):

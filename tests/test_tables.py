@@ -280,6 +280,25 @@ def test_cells_show_their_interval_and_a_cell_on_other_samples_is_marked(tmp_pat
     write_run(tmp_path / "same" / "apgd", attack=attack("apgd", "4/255"), metrics={"cider": 110.0, "cider_robust": 4.0})
     [same] = build_tables(collect([tmp_path / "same"]))
     assert not any(cell.other_samples for cells in same.cells.values() for cell in cells if cell)
+    # a partial merge: the same subset file, fewer samples scored
+    write_run(tmp_path / "partial" / "clean", metrics={"cider": 110.0})
+    partial = write_run(tmp_path / "partial" / "apgd", attack=attack("apgd", "4/255"), n=3,
+                        metrics={"cider": 110.0, "cider_robust": 4.0})
+    (partial / "subset_ids.txt").write_text((tmp_path / "partial" / "clean" / "subset_ids.txt").read_text())
+    [table] = build_tables(collect([tmp_path / "partial"]))
+    assert "4.0 † (n = 3)" in render_markdown([table])
+
+
+def test_paper_csv_cells_stay_numbers_unless_asked(tmp_path, capsys):
+    write_run(tmp_path / "clean", metrics={"cider": 110.0}, intervals={"cider": [100.0, 122.0]})
+    assert main(["table", str(tmp_path), "--format", "paper-csv"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert float(rows[1][-1]) == 110.0
+    assert main(["table", str(tmp_path), "--format", "paper-csv", "--ci", "pm"]) == 0
+    assert "110.0 ± 11.0" in capsys.readouterr().out
+    assert main(["table", str(tmp_path), "--format", "csv"]) == 0  # the tidy rows carry the interval's ends
+    [row] = csv.DictReader(capsys.readouterr().out.splitlines())
+    assert (float(row["ci_low"]), float(row["ci_high"])) == (100.0, 122.0)
 
 
 def test_tidy_csv_has_one_row_per_run_and_metric(runs_root, capsys):

@@ -20,12 +20,13 @@ from vlm_eval.errors import CardError, UnknownNameError
 
 
 def default_home() -> Path:
-    """Where cards, schedules, recipes and the mini world's files are: $VLM_EVAL_HOME, else the checkout this
-    package runs from, else the copy an installed wheel carries (vlm_eval/home)."""
+    """Where cards, schedules, recipes and the mini world's files are: $VLM_EVAL_HOME, else the copy an installed
+    wheel carries (vlm_eval/home), else the checkout this package runs from. The wheel's copy comes first: next
+    to an installed package is site-packages, where another distribution's `tasks/` may lie."""
     if os.environ.get("VLM_EVAL_HOME"):
         return Path(os.environ["VLM_EVAL_HOME"])
     package = Path(__file__).resolve().parent
-    return package.parent if (package.parent / "tasks").is_dir() else package / "home"
+    return package / "home" if (package / "home").is_dir() else package.parent
 
 
 CARD_ROOT = default_home()

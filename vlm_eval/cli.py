@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -219,8 +218,6 @@ def eval_command(argv: list[str]) -> int:
 def evaluate(argv: list[str], args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     config = config_from(argv, args)
-    if not config.allow_download:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing reaches the network unless asked
 
     from vlm_eval import cards
     from vlm_eval.run import run

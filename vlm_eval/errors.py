@@ -5,6 +5,11 @@ whose message names the culprit and the fix. The CLI prints the message without 
 """
 
 
+def preview(ids: list[str], limit: int = 5) -> str:
+    """"1, 2, 3, ... (12 in all)": the first few of some ids, for a message."""
+    return ", ".join(ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
 class VlmEvalError(Exception):
     """Base class of errors whose message is meant for the user."""
 
@@ -52,7 +57,7 @@ class NonFiniteOutputError(VlmEvalError):
     """A model's logits or embeddings became NaN or infinite on a batch (often fp16 overflow)."""
 
     def __init__(self, what: str, ids: list[str], dtype: str):
-        shown = ", ".join(ids[:3]) + (f", ... ({len(ids)} samples)" if len(ids) > 3 else "")
+        shown = preview(ids, 3)
         fixes = {"torch.float16": "rerun with --precision bf16 or fp32", "torch.bfloat16": "rerun with --precision fp32"}
         fix = fixes.get(dtype, "check the model's weights")
         super().__init__(f"{what} became NaN or infinite on the batch of samples {shown} ({dtype}). Samples "

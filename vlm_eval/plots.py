@@ -58,7 +58,7 @@ def score_figure(tables: list[Table]) -> Figure | None:
         for row, cells in table.cells.items():
             points = [(table.columns[k].eps, cells[k]) for k in robust if cells[k] is not None]
             if points:
-                score_line(ax, " + ".join(row) + f" (n = {table.row_n(row)})", points)
+                score_line(ax, " + ".join(row), table.row_n(row), points)
         chance = {cell.run.metrics.get("chance") for cells in table.cells.values() for cell in cells if cell}
         for level in sorted(value for value in chance if value is not None):
             ax.axhline(level, color="grey", linestyle=":", label=f"chance ({level:.1f})")
@@ -72,13 +72,16 @@ def score_figure(tables: list[Table]) -> Figure | None:
     return figure
 
 
-def score_line(ax: Axes, label: str, points: list[tuple[float, Cell]]) -> None:
-    """The line through the cells on the row's samples, error bars on all, hollow markers on the others."""
+def score_line(ax: Axes, name: str, n: int, points: list[tuple[float, Cell]]) -> None:
+    """The line through the cells on the row's `n` samples, error bars on all, hollow markers on the others
+    (labelled with their own sample counts)."""
     same = [(eps, cell) for eps, cell in points if not cell.other_samples]
     other = [(eps, cell) for eps, cell in points if cell.other_samples]
+    other_n = ", ".join(str(count) for count in sorted({cell.n for _, cell in other}))
     color = None
-    for group, style in ((same, {"label": label}),
-                         (other, {"label": f"{label}, † other samples", "linestyle": "none", "markerfacecolor": "none"})):
+    for group, style in ((same, {"label": f"{name} (n = {n})"}),
+                         (other, {"label": f"{name}, † other samples (n = {other_n})", "linestyle": "none",
+                                  "markerfacecolor": "none"})):
         if group:
             xs, ys, errors = _xy_err(group)
             color = ax.plot(xs, ys, marker="o", color=color, **style)[0].get_color()

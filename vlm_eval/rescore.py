@@ -63,10 +63,13 @@ def rescore(run_dir: Path, output: Path | None, **choices: Json) -> Path:
     if records and "raw_output" not in records[0]:
         raise VlmEvalError(f"{run_dir}: a zero-shot run has no text outputs to score again")
     saved = read_config(run_dir)
-    plan = saved_plan(run_dir, **choices)
+    changed = dict(choices)
+    if "data" in choices:  # a file given here replaces the run's file of that key; the run's others stay
+        changed["data"] = {**saved.get("data", {}), **choices["data"]}
+    plan = saved_plan(run_dir, **changed)
     references = new_references(plan, records) if {"data_root", "data"} & set(choices) else None
     records = rescored_records(plan, records, references)
-    config = {**saved, **choices, "resolved": {**saved["resolved"], **plan.task.options()}}
+    config = {**saved, **changed, "resolved": {**saved["resolved"], **plan.task.options()}}
     new = summarize(plan, records, summary["n_skipped"], config, summary["provenance"])
     new["rescored"] = {"from": str(run_dir), "choices": choices}
     output = output or run_dir.with_name(f"{run_dir.name}-rescored-{tag(choices)}")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from vlm_eval.errors import MissingResourceError, VlmEvalError
+from vlm_eval.program import DISTRIBUTION
 from vlm_eval.timing import WRITING, phase
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 ADVERSARIAL = "adversarial"
-PACKAGES = ("vlm-robust-eval", "torch", "transformers", "open_clip_torch", "pycocoevalcap", "accelerate")
+PACKAGES = (DISTRIBUTION, "torch", "transformers", "open_clip_torch", "pycocoevalcap", "accelerate")
 
 
 @phase(WRITING)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlm_eval.errors import DataError, MissingResourceError
+from vlm_eval.errors import DataError, MissingResourceError, preview
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,6 @@ def require_text(entry: Any, key: str, path: Path, where: str) -> str:
     if not isinstance(value, str):
         raise DataError(f"{path}: {where} key {key!r} should be a string, got {json.dumps(value)}")
     return value
-
-
-def preview(ids: list[str], limit: int = 5) -> str:
-    """"1, 2, 3, ... (12 in all)": the first few of some ids, for a message."""
-    return ", ".join(ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
 def refuse_unscorable(samples: list[Sample], path: Path | str) -> list[Sample]:

@@ -191,7 +191,7 @@ def require_finite(tensors: Iterable[tuple[str, torch.Tensor]], source: str) -> 
     """Refuse weights with a NaN or infinite value, naming `source` and the first tensor that holds one: such a
     model still runs and scores (CIDEr 0, accuracy at chance) as if nothing were wrong."""
     for name, tensor in tensors:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise NonFiniteWeightsError(
                 f"{source}: tensor {name!r} holds {bad} NaN or infinite value(s) of {tensor.numel()}; the file is "

@@ -169,7 +169,8 @@ class CiderSet:
         self.resampling: dict[tuple, Candidates] = {}  # the output sets being bootstrapped (clean, attacked)
 
     def same_references(self, refs: Mapping[K, Sequence[str]]) -> bool:
-        return len(refs) == len(self.refs) and all(list(refs.get(key, ())) == self.refs[key] for key in self.ids)
+        """The same ids in the same order (resamples count items in this order), with the same references."""
+        return list(refs) == self.ids and all(list(refs[key]) == self.refs[key] for key in self.ids)
 
     def _prepare(self, cands: Mapping[K, str]) -> Candidates:
         _check_cands(self.refs, cands)
@@ -217,8 +218,6 @@ def cider(refs: Mapping[K, Sequence[str]], cands: Mapping[K, str]) -> tuple[floa
         MissingResourceError: If Java (needed by the PTB tokenizer) is not on PATH.
         VlmEvalError: If the tokenizer fails.
     """
-    _check_ids(refs, cands)
-    _check_refs(refs)
-    _check_cands(refs, cands)
+    _check_ids(refs, cands)  # the rest is checked by CiderSet
     per_item = CiderSet(refs).per_item({key: cands[key] for key in refs})
     return sum(per_item.values()) / len(per_item), per_item

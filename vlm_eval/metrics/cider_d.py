@@ -38,8 +38,8 @@ def bigram_length(counts: Counter) -> int:
 class Candidates:
     """Candidates of some items, as sparse tables over the scorer's n-gram columns."""
 
-    columns: int  # how many n-gram columns the tables span
-    self_norm: sparse.csr_matrix  # (c * 4, columns): count^2, per candidate and order
+    self_norm: sparse.csr_matrix  # (c * 4, ref columns): count^2, per candidate and order
+    unseen_norm: np.ndarray  # (c * 4,): count^2 of the n-grams no reference has (weight log N in every resample)
     overlap: sparse.csr_matrix  # (p * 4, columns): min(count, ref count) * ref count, per (candidate, ref) and order
     pair_ref: np.ndarray  # (p,) the reference of each (candidate, reference) pair
     pair_row: np.ndarray  # (p,) its candidate
@@ -67,14 +67,13 @@ class CiderD:
             seen = sorted({column for ref in self.refs_of[-1] for column in self.ref_counts[ref]})
             doc_items += [item] * len(seen)
             doc_columns += seen
-        self.ref_columns = len(self.columns)  # n-grams past these occur in no reference: df 0
         self.ref_lengths = np.array(ref_lengths, dtype=np.float64)
         self.documents = sparse.csr_matrix((np.ones(len(doc_items)), (doc_items, doc_columns)),
-                                           shape=(self.n_items, self.ref_columns))
+                                           shape=(self.n_items, len(self.columns)))
         self.ref_norm = self._by_order(
             [(ref * ORDERS + self.order[column], column, float(count) ** 2)
              for ref, counts in enumerate(self.ref_counts) for column, count in counts.items()],
-            len(self.ref_counts) * ORDERS, self.ref_columns)
+            len(self.ref_counts) * ORDERS, len(self.columns))
 
     def _column(self, gram: tuple[str, ...]) -> int:
         if gram not in self.columns:
@@ -90,9 +89,15 @@ class CiderD:
     def candidates(self, rows: list[int], sentences: list[str]) -> Candidates:
         """Prepare tokenised candidate `sentences` of items `rows` (one each) for scoring."""
         self_norm, overlap, pair_ref, pair_row, penalty = [], [], [], [], []
+        unseen_norm = np.zeros(len(rows) * ORDERS)
         for c, (item, sentence) in enumerate(zip(rows, sentences)):
             grams = ngram_counts(sentence)
-            counts, length = {self._column(gram): count for gram, count in grams.items()}, bigram_length(grams)
+            counts, length = {}, bigram_length(grams)
+            for gram, n in grams.items():
+                if gram in self.columns:
+                    counts[self.columns[gram]] = n
+                else:  # in no reference: it adds to the candidate's norm only, never to an overlap
+                    unseen_norm[c * ORDERS + len(gram) - 1] += float(n) ** 2
             self_norm += [(c * ORDERS + self.order[column], column, float(n) ** 2) for column, n in counts.items()]
             for ref in self.refs_of[item]:
                 pair, ref_counts = len(pair_ref), self.ref_counts[ref]
@@ -104,27 +109,25 @@ class CiderD:
                 penalty.append(np.e ** (-(delta ** 2) / (2 * SIGMA ** 2)))
         columns, pairs = len(self.columns), len(pair_ref)
         weights = [1.0 / len(self.refs_of[rows[c]]) for c in pair_row]
-        return Candidates(columns, self._by_order(self_norm, len(rows) * ORDERS, columns),
+        return Candidates(self._by_order(self_norm, len(rows) * ORDERS, columns), unseen_norm,
                           self._by_order(overlap, pairs * ORDERS, columns), np.array(pair_ref, dtype=np.int64),
                           np.array(pair_row, dtype=np.int64), np.array(penalty),
                           sparse.csr_matrix((weights, (pair_row, range(pairs))), shape=(len(rows), pairs)))
 
-    def weights_squared(self, draws: np.ndarray | None, columns: int) -> np.ndarray:
-        """(columns, r): w_g^2 under each resample's document frequencies; `draws` (r, N): how often each item
-        was drawn (None: the whole set once)."""
+    def weights_squared(self, draws: np.ndarray | None) -> np.ndarray:
+        """(n-gram columns, r): w_g^2 under each resample's document frequencies; `draws` (r, N): how often each
+        item was drawn (None: the whole set once)."""
         draws = np.ones((1, self.n_items)) if draws is None else np.asarray(draws, dtype=np.float64)
-        log_n = np.log(float(self.n_items))
-        frequency = np.asarray(self.documents.T @ draws.T)  # (ref columns, r)
-        weights = log_n - np.log(np.maximum(1.0, frequency))
-        unseen = np.full((columns - self.ref_columns, draws.shape[0]), log_n)  # no reference has them: df 0
-        return np.vstack([weights, unseen]) ** 2
+        frequency = np.asarray(self.documents.T @ draws.T)  # (columns, r)
+        return (np.log(float(self.n_items)) - np.log(np.maximum(1.0, frequency))) ** 2
 
     def scores(self, candidates: Candidates, draws: np.ndarray | None = None) -> np.ndarray:
         """(r, c): each candidate's CIDEr-D (x1, as pycocoevalcap) under each resample's idf (`weights_squared`)."""
-        u = self.weights_squared(draws, len(self.columns))
-        ref_norm = np.sqrt(np.asarray(self.ref_norm @ u[:self.ref_columns]))  # (refs * 4, r)
-        self_norm = np.sqrt(np.asarray(candidates.self_norm @ u[:candidates.columns]))  # (c * 4, r)
-        overlap = np.asarray(candidates.overlap @ u[:candidates.columns])  # (p * 4, r)
+        u = self.weights_squared(draws)
+        ref_norm = np.sqrt(np.asarray(self.ref_norm @ u))  # (refs * 4, r)
+        unseen = candidates.unseen_norm[:, None] * np.log(float(self.n_items)) ** 2  # their df is 0 in any resample
+        self_norm = np.sqrt(np.asarray(candidates.self_norm @ u) + unseen)  # (c * 4, r)
+        overlap = np.asarray(candidates.overlap @ u)  # (p * 4, r)
         r = u.shape[1]
         ref_norm = ref_norm.reshape(-1, ORDERS, r)[candidates.pair_ref]
         self_norm = self_norm.reshape(-1, ORDERS, r)[candidates.pair_row]

@@ -46,7 +46,7 @@ def attack_precisions(plan: Plan) -> dict[str, str]:
     hardware): what a CPU run of the protocol actually computed in."""
     from vlm_eval.attacks.executor import as_run
 
-    named = {run.precision for run in plan.attack.schedule.runs} | {plan.attack.clean_precision} - {"model"}
+    named = ({run.precision for run in plan.attack.schedule.runs} | {plan.attack.clean_precision}) - {"model"}
     return {name: as_run(plan.placed_device, name) for name in sorted(named)}
 
 

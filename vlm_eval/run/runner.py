@@ -48,6 +48,8 @@ def run(config: EvalConfig, resume: bool = False, shard: Shard = Shard()) -> Pat
 
     if shard.count > 1 and not config.output_dir:
         raise VlmEvalError(f"shard {shard.tag}: the shards of a run write into one folder: give --output-dir")
+    if not config.allow_download:  # before anything imports huggingface_hub, which reads it once
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     plan = resolve(config, shard)
     if shard.count > 1 and folder.merged(plan.run_dir):  # a late shard (a queued array task): nothing left
         folder.check_same_config(plan.run_dir, full_config(plan))
@@ -153,10 +155,7 @@ def saved_plan(run_dir: Path, **override: Json) -> Plan:
 def resume(run_dir: Path, shard: Shard = Shard()) -> Path:
     """Finish an interrupted run with the settings in its config.json, on the device, in the precision and
     with the semantic checks' models it started with (so that its samples are not evaluated two ways)."""
-    config = config_from_saved(read_config(run_dir), run_dir)
-    if not config.allow_download:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return run(config, resume=True, shard=shard)
+    return run(config_from_saved(read_config(run_dir), run_dir), resume=True, shard=shard)
 
 
 def complete(config: EvalConfig, shard: Shard = Shard()) -> Path:

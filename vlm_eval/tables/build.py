@@ -115,10 +115,6 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def header(self) -> list[str]:
-        return [*self.row_names, *(column.header for column in self.columns)]
-
-    @property
     def rows(self) -> dict[tuple[str, ...], list[float | None]]:
         """The numbers alone."""
         return {row: [None if cell is None else cell.value for cell in cells] for row, cells in self.cells.items()}
@@ -172,10 +168,12 @@ def read_run(run_dir: Path) -> Run | None:
 
 
 def sample_set(run_dir: Path, summary: dict) -> str:
-    """A fingerprint of the samples a run scored: its subset's ids and how many it skipped."""
+    """A fingerprint of the samples a run scored: its subset's ids, how many it scored (a partial merge scores
+    fewer than its subset holds) and how many it skipped."""
     ids = run_dir / "subset_ids.txt"
-    subset = hashlib.sha256(ids.read_bytes()).hexdigest()[:16] if ids.is_file() else f"n={summary.get('n_samples')}"
-    return f"{summary['config']['resolved']['task_card']}/{subset}/skipped={summary.get('n_skipped')}"
+    subset = hashlib.sha256(ids.read_bytes()).hexdigest()[:16] if ids.is_file() else "no-subset-file"
+    return (f"{summary['config']['resolved']['task_card']}/{subset}/n={summary.get('n_samples')}"
+            f"/skipped={summary.get('n_skipped')}")
 
 
 @functools.cache  # a card is read once per process, not once per run folder

@@ -88,7 +88,7 @@ def tidy_rows(runs: list[Run]) -> list[dict[str, object]]:
             low, high = run.intervals.get(metric, (None, None))
             rows.append({"run": str(run.path), "task": run.task, "vlm": run.vlm or "", "encoder": run.encoder,
                          "attack": attack.get("name", "none"), "norm": attack.get("norm", ""),
-                         "eps": attack.get("eps", 0.0) if attack else 0.0, "target": attack.get("target") or "",
+                         "eps": attack.get("eps", 0.0), "target": attack.get("target") or "",
                          "metric": metric, "value": value, "ci_low": low, "ci_high": high,
                          "n_samples": run.n_samples, "samples": run.samples, "random_weights": run.random_weights})
     return rows
@@ -146,12 +146,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--format", choices=list(RENDERERS), default="markdown",
                    help="markdown (default), latex and paper-csv: the papers' layout; csv: one tidy row per run "
                         "and metric")
-    p.add_argument("--ci", choices=CI_STYLES, default="pm",
-                   help="how cells show the 95 %% bootstrap interval: pm (61.3 ± 2.9, default), interval "
-                        "(61.3 [58.5, 64.2]) or none")
+    p.add_argument("--ci", choices=CI_STYLES,
+                   help="how cells show the 95 %% bootstrap interval: pm (61.3 ± 2.9, the default), interval "
+                        "(61.3 [58.5, 64.2]) or none (the default of paper-csv, whose cells stay numbers)")
     p.add_argument("--output", type=Path, help="write to this file instead of printing")
     args = p.parse_args(argv)
-    text = RENDERERS[args.format](collect(args.run_dirs), args.ci)
+    ci = args.ci or ("none" if args.format == "paper-csv" else "pm")
+    text = RENDERERS[args.format](collect(args.run_dirs), ci)
     if args.output is None:
         print(text, end="")
     else:

@@ -50,8 +50,15 @@ class LlavaFamily:
         if card.build is not None:
             return True, "random weights, built on the fly"
         if card.path is not None:
-            folder = card_relative(card, card.path)  # what it holds is checked as it loads (vlms/folders.py)
-            return folder.is_dir(), str(folder)
+            from vlm_eval.errors import CheckpointError
+            from vlm_eval.vlms.folders import check_model_folder
+
+            folder = card_relative(card, card.path)
+            try:  # files only, cheap: a broken folder is refused before anything loads
+                check_model_folder(folder, f"VLM {card.name}")
+            except CheckpointError as exc:
+                return False, str(exc)
+            return True, str(folder)
         from huggingface_hub import try_to_load_from_cache
 
         if isinstance(try_to_load_from_cache(card.hf_id, "config.json"), str):
