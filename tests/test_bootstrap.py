@@ -158,3 +158,16 @@ def test_resampled_scores_stay_right_while_the_bootstrap_alternates_output_sets(
     assert len(scorer.resampling) == 2
     # the resamples count items in the order of `ids`: the same references in another order are another set
     assert scorer.same_references(dict(refs)) and not scorer.same_references(dict(reversed(refs.items())))
+
+
+def test_set_independent_scores_are_resampled_from_the_records():
+    from vlm_eval.tasks.scoring import resampled_metrics
+
+    records = [{"id": str(i), "references": ["x"], "output": "o", "score": clean,
+                "adversarial": {"output": "a", "score": attacked}}
+               for i, (clean, attacked) in enumerate([(100.0, 0.0), (30.0, 60.0), (0.0, 0.0)])]
+    draws = np.array([[1, 1, 1], [3, 0, 0], [0, 2, 1]])
+    values = resampled_metrics(None, "vqa_accuracy", records, draws)  # VQA: no rescoring per resample
+    assert values["vqa_accuracy"].tolist() == pytest.approx([130 / 3, 100.0, 20.0])
+    assert values["vqa_accuracy_attacked"].tolist() == pytest.approx([20.0, 0.0, 40.0])
+    assert values["vqa_accuracy_robust"].tolist() == pytest.approx([10.0, 0.0, 20.0])

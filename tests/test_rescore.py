@@ -85,3 +85,22 @@ def test_rescore_needs_a_finished_run_and_a_choice(vqa_run, tmp_path, capsys):
     (tmp_path / "half" / "config.json").write_text("{}")
     assert main(["rescore", str(tmp_path / "half"), "--postprocess", "llava"]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
+
+
+@needs_java
+def test_rescore_cleans_up_the_attacked_outputs_too_and_takes_the_worst_again(tmp_path):
+    run = tmp_path / "apgd"
+    assert main([*TINY, "--task", "demo", "--n-samples", "4", "--attack", "apgd", "--steps", "1",
+                 "--reference-encoder", "none", "--sentence-model", "none", "--output-dir", str(run)]) == 0
+    records = read_jsonl(run / "samples.jsonl")
+    caption = records[0]["references"][0]
+    records[0]["adversarial"]["raw_output"] = f"{caption} Output: a hallucinated next shot"
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["rescore", str(run), "--postprocess", "openflamingo", "--output", str(tmp_path / "of")]) == 0
+    rescored = read_jsonl(tmp_path / "of" / "samples.jsonl")
+    assert rescored[0]["adversarial"]["output"] == caption  # cut at "Output", as OpenFlamingo's evaluation does
+    assert rescored[0]["adversarial"]["score"] > records[0]["adversarial"]["score"]
+    for record in rescored:
+        assert record["score_robust"] == pytest.approx(min(record["score"], record["adversarial"]["score"]))
+    summary = check_summary(tmp_path / "of")
+    assert summary["metrics"]["cider_robust"] == pytest.approx(sum(r["score_robust"] for r in rescored) / 4)

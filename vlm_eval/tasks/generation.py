@@ -18,7 +18,7 @@ from vlm_eval.attacks.snapshot import BatchSnapshot
 from vlm_eval.contracts import VLM, Batch, Json, LossFn, Record, Step
 from vlm_eval.data.samples import Sample
 from vlm_eval.results import save_adversarial
-from vlm_eval.tasks.scoring import resampled_metrics, score_records
+from vlm_eval.tasks.scoring import ResampledScores, resampled_metrics, score_records
 from vlm_eval.timing import SCORING, SEMANTIC, phase
 
 if TYPE_CHECKING:
@@ -134,8 +134,9 @@ class GenerationTask:
         save_adversarial(step.run_dir, batch.ids, worst.pixels)
         return Attacked(worst.pixels, worst.output, [plan.outcome(worst, i) for i in range(len(samples))])
 
-    def resampled_scores(self, references: dict[str, list[str]], outputs: dict[str, str], draws: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    # (references, outputs, draws (r, n)) -> (r, n): per-sample scores under each bootstrap resample, for a metric
+    # whose per-sample score depends on the set (CIDEr's idf); None: it does not, and the records' scores serve
+    resampled_scores: ResampledScores | None = None
 
     def aggregate(self, records: list[Record], step: Step) -> dict[str, float]:
         return score_records(self.score, self.metric, records, step.attack)

@@ -89,14 +89,22 @@ def score_robust(score: Score, records: list[Record], refs: dict[str, list[str]]
     return {f"{name}_robust": value for name, value in metrics.items()}
 
 
-def resampled_metrics(scores: ResampledScores, metric: str, records: list[Record], draws: np.ndarray) -> dict[str, np.ndarray]:
+def resampled_metrics(scores: ResampledScores | None, metric: str, records: list[Record],
+                      draws: np.ndarray) -> dict[str, np.ndarray]:
     """The metrics `score_records` reports, under each resample (`draws`, over `records` in order): clean,
-    attacked, robust (per sample the worse of the two, chosen again in each resample) and the targeted rates."""
+    attacked, robust (per sample the worse of the two, chosen again in each resample) and the targeted rates.
+    `scores`: the task's per-sample scores under each resample; None: the scores `score_records` put in the
+    records, which no resample changes."""
     refs = {r["id"]: r["references"] for r in records}
-    clean = scores(refs, {r["id"]: r["output"] for r in records}, draws)
+
+    def per_sample(outputs: dict[str, str], scored: list[float]) -> np.ndarray:
+        return np.array(scored) if scores is None else scores(refs, outputs, draws)
+
+    clean = per_sample({r["id"]: r["output"] for r in records}, [r["score"] for r in records])
     values = {metric: weighted_means(draws, clean)}
     if records and "adversarial" in records[0]:
-        attacked = scores(refs, {r["id"]: r["adversarial"]["output"] for r in records}, draws)
+        attacked = per_sample({r["id"]: r["adversarial"]["output"] for r in records},
+                              [r["adversarial"]["score"] for r in records])
         values[f"{metric}_attacked"] = weighted_means(draws, attacked)
         values[f"{metric}_robust"] = weighted_means(draws, np.minimum(clean, attacked))
         for rate, key in (("target_success_rate", "target_in_output"), ("target_exact_match_rate", "exact_match")):

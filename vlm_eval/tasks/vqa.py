@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from vlm_eval.cards import TaskCard
 from vlm_eval.contracts import Json
 from vlm_eval.data.samples import Sample
@@ -42,11 +40,6 @@ class VQA(GenerationTask):
         per_item = {i: 100.0 * vqa_accuracy(outputs[i], references[i], normalize=self.normalize) for i in outputs}
         mean = sum(per_item.values()) / len(per_item) if per_item else float("nan")
         return {"vqa_accuracy": mean}, per_item
-
-    def resampled_scores(self, references: dict[str, list[str]], outputs: dict[str, str], draws: np.ndarray) -> np.ndarray:
-        """(r, n): each question's accuracy does not depend on the set, so every resample sees the same."""
-        _, per_item = self.score(references, outputs)
-        return np.broadcast_to(np.array([per_item[i] for i in outputs]), (len(draws), len(outputs)))
 
     def options(self) -> dict[str, Json]:
         return {"vqa_normalize": self.normalize, "postprocess": self.postprocess_style,
