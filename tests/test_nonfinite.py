@@ -98,9 +98,11 @@ def test_nan_logits_of_a_zero_shot_classifier_stop_the_run(tmp_path, monkeypatch
 
     monkeypatch.setattr(ZeroShotClassifier, "__call__", second_batch_nan)
     argv = ["--encoder", "mini-clip", "--task", "mini-zeroshot", "--n-samples", "16", "--batch-size", "8",
-            "--output-dir", str(tmp_path / "run")]
+            "--precision", "bf16", "--output-dir", str(tmp_path / "run")]
     assert main(argv) == 2
-    assert "the zero-shot classifier's logits became NaN or infinite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the zero-shot classifier's logits became NaN or infinite" in err
+    assert "rerun with --precision fp32" in err  # the advice follows the weights' bf16, not the fp32 logits
 
 
 class Payload:

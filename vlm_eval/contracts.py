@@ -167,6 +167,9 @@ class Classifier(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    @property
+    def dtype(self) -> torch.dtype: ...  # the weights' (the logits are fp32 whatever the weights are)
+
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     def attack_logits(self, pixels: torch.Tensor) -> list[torch.Tensor]: ...  # what attacks see (several: EOT)

@@ -81,6 +81,10 @@ class Defended:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.model.preprocess(image)
 

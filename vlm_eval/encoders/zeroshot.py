@@ -74,6 +74,10 @@ class ZeroShotClassifier(nn.Module):
         return self.class_weights.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        return next(self.visual.parameters()).dtype
+
+    @property
     def n_classes(self) -> int:
         return self.class_weights.shape[0]
 

@@ -70,7 +70,8 @@ class ZeroShot:
         with torch.no_grad():
             logits = classifier(pixels.to(classifier.device))
         if not bool(torch.isfinite(logits).all()):  # an argmax over NaN is a silent wrong answer
-            raise NonFiniteOutputError("the zero-shot classifier's logits", [s.id for s in samples], str(logits.dtype))
+            raise NonFiniteOutputError("the zero-shot classifier's logits", [s.id for s in samples],
+                                       str(classifier.dtype))
         records = self.records(samples, logits, self.classes)
         if step.attack is not None:
             self.attack(classifier, samples, pixels, logits, records, step)
