@@ -8,7 +8,8 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-HOME = ("tasks", "vlms", "encoders", "recipes", "schedules", "sweeps", "assets")
+ROOT = Path(__file__).resolve().parent
+HOME = ("tasks", "vlms", "encoders", "recipes", "schedules", "sweeps", "assets")  # also in MANIFEST.in, for the sdist
 
 
 class BuildWithHome(build_py):
@@ -19,7 +20,7 @@ class BuildWithHome(build_py):
         home = Path(self.build_lib) / "vlm_eval" / "home"
         for name in HOME:
             shutil.rmtree(home / name, ignore_errors=True)
-            shutil.copytree(name, home / name, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+            shutil.copytree(ROOT / name, home / name, ignore=shutil.ignore_patterns(".*", "__pycache__"))
 
 
 setup(cmdclass={"build_py": BuildWithHome})
