@@ -144,9 +144,9 @@ def _robust_accuracy(encoder: str) -> float:
 
     from vlm_eval.attacks import ThreatModel, apgd
     from vlm_eval.data import read_class_index, read_imagefolder
-    from vlm_eval.run.plan import card_from_spec
+    from vlm_eval.run.plan import encoder_card
 
-    card = card_from_spec(encoder) or cards.load_card("encoders", encoder)
+    card = encoder_card(encoder)
     classes = read_class_index(ZEROSHOT["class_index_json"])
     samples = read_imagefolder(Path(ZEROSHOT["image_dir"]), Path(ZEROSHOT["class_index_json"]))
     from vlm_eval.encoders import ENCODER_FAMILIES

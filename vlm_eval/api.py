@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 def load_encoder(name: str, *, arch: str = EvalConfig.encoder_arch, weights_dir: str | Path | None = None,
                  allow_download: bool = False) -> ImageEncoder:
     """A CLIP vision tower by card name or alias ("fare4"), checkpoint path or hf-hub: id."""
-    from vlm_eval.run.plan import card_from_spec, encoder_family
+    from vlm_eval.run.plan import encoder_card, encoder_family
 
-    card = card_from_spec(name, arch) or cards.load_card("encoders", name)
+    card = encoder_card(name, arch)
     return encoder_family(card).load_vision(card, Path(weights_dir) if weights_dir else None, allow_download)
 
 

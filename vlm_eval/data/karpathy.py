@@ -101,10 +101,7 @@ def read_coco_references(references_json: Path) -> dict[str, list[str]]:
     for index, annotation in enumerate(annotations):
         where = f"annotations[{index}]"
         image_id = require(annotation, "image_id", references_json, where)
-        caption = require(annotation, "caption", references_json, where)
-        if not isinstance(caption, str):
-            raise DataError(f"{references_json}: {where} key 'caption' should be a string")
-        by_image[str(image_id)].append(caption)
+        by_image[str(image_id)].append(require_text(annotation, "caption", references_json, where))
     return dict(by_image)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vlm_eval import cards, results
+from vlm_eval import results
 from vlm_eval.cards import EncoderCard
 from vlm_eval.errors import CardError, VlmEvalError
 from vlm_eval.finetune import OBJECTIVES
@@ -100,9 +100,9 @@ def prepare_run(recipe: Recipe, run_dir: Path, resume: bool, processes: int) -> 
 
 
 def base_card(spec: str) -> EncoderCard:
-    from vlm_eval.run.plan import card_from_spec
+    from vlm_eval.run.plan import encoder_card
 
-    return card_from_spec(spec) or cards.load_card("encoders", spec)
+    return encoder_card(spec)
 
 
 def build(run: Run, objective: Objective,

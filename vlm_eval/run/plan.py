@@ -110,7 +110,7 @@ def resolve_defense(config: EvalConfig,
     tau_name = defense.tau_encoder or (encoder_card.original if encoder_card else None)
     if tau_name is None or (encoder_card is not None and tau_name == encoder_card.name):
         return defense, None
-    return defense, card_from_spec(tau_name, config.encoder_arch) or cards.load_card("encoders", tau_name)
+    return defense, encoder_card(tau_name, config.encoder_arch)
 
 
 def make_task(config: EvalConfig, card: TaskCard, family: VlmFamily | None) -> TaskType:
@@ -162,7 +162,7 @@ def resolve_semantic(config: EvalConfig, vlm_card: VlmCard) -> tuple[EncoderCard
     reference, sentences = semantic_models(config, vlm_card)
     card = None
     if reference != "none":  # a checkpoint path is a ViT-L/14 (--encoder-arch is the evaluated encoder's)
-        card = card_from_spec(reference) or cards.load_card("encoders", reference)
+        card = encoder_card(reference)
     if sentences == "reference" and card is None:
         raise VlmEvalError("--sentence-model reference embeds outputs with the reference encoder's text tower, "
                            "but --reference-encoder is none: name a reference encoder or a sentence model")
@@ -237,16 +237,16 @@ def ensemble_plan(config: EvalConfig, task_card: TaskCard) -> AttackPlan:
     return AttackPlan.ensemble_of(schedule, threat, config.steps, stop_below)
 
 
-def card_from_spec(spec: str, arch: str | None = None) -> EncoderCard | None:
-    """An ad-hoc card for an encoder given as a checkpoint path or hf-hub: id (the default family's)."""
+def encoder_card(spec: str, arch: str | None = None) -> EncoderCard:
+    """An encoder's card: ad hoc for a checkpoint path or hf-hub: id (the default family's), else by name."""
     from vlm_eval.encoders import DEFAULT_FAMILY, ENCODER_FAMILIES
 
-    return ENCODER_FAMILIES.get(DEFAULT_FAMILY).card_from_spec(spec, arch)
+    return ENCODER_FAMILIES.get(DEFAULT_FAMILY).card_from_spec(spec, arch) or cards.load_card("encoders", spec)
 
 
 def load_encoder_card(config: EvalConfig) -> EncoderCard:
     """The card of `--encoder` (a card name, a checkpoint path or hf-hub:), checked against --resolution."""
-    card = card_from_spec(config.encoder, config.encoder_arch) or cards.load_card("encoders", config.encoder)
+    card = encoder_card(config.encoder, config.encoder_arch)
     if card.image_size != config.resolution:
         raise VlmEvalError(f"encoder {card.name!r} takes {card.image_size}-px images, not {config.resolution}")
     return card

@@ -268,10 +268,11 @@ def _mark_other_samples(rows: dict[tuple[str, ...], list[Cell | None]], columns:
         first = next((cell for cell in cells if cell is not None), None)
         marked[row] = [cell if cell is None or first is None or cell.run.samples == first.run.samples
                        else dataclasses.replace(cell, other_samples=True) for cell in cells]
+        first_column = next((column for column, cell in zip(columns, cells) if cell is not None), None)
         for column, cell in zip(columns, marked[row]):
             if cell is not None and cell.other_samples:
                 notes.append(f"† {' + '.join(row)}, {column.header}: scored on other samples (n = {cell.n}, "
-                             f"{cell.run.path.name}) than the row's {columns[cells.index(first)].header} score "
+                             f"{cell.run.path.name}) than the row's {first_column.header} score "
                              f"(n = {first.n}, {first.run.path.name}); the two are not comparable as they stand")
     return marked
 
