@@ -311,3 +311,14 @@ def test_tidy_csv_has_one_row_per_run_and_metric(runs_root, capsys):
             row = by_key[(folder, metric)]
             assert (row["task"], row["vlm"], float(row["value"]), row["n_samples"]) == (task, vlm or "", value, "8")
             assert row["attack"] == (threat["name"] if threat else "none")
+
+
+def test_a_rescored_run_is_a_row_of_its_own_naming_its_choices(tmp_path):
+    write_run(tmp_path / "clean", metrics={"cider": 110.0})
+    rescored = write_run(tmp_path / "clean-rescored", metrics={"cider": 90.0})
+    summary = json.loads((rescored / "summary.json").read_text())
+    summary["rescored"] = {"from": str(tmp_path / "clean"),
+                           "choices": {"postprocess": "openflamingo", "data": {"references_json": "x.json"}}}
+    (rescored / "summary.json").write_text(json.dumps(summary))
+    [table] = build_tables(collect([tmp_path]))
+    assert set(table.cells) == {("llava", "enc_a"), ("llava", "enc_a (rescored: postprocess openflamingo, data files)")}

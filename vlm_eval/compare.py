@@ -49,6 +49,8 @@ def compare(run_a: Path, run_b: Path, bootstrap: Bootstrap) -> dict:
     summary_a, summary_b = read_summary(run_a), read_summary(run_b)
     records_a, records_b = paired_records(run_a, run_b, (summary_a, summary_b))
     task_a, task_b = saved_plan(run_a).task, saved_plan(run_b).task
+    if task_b.options() == task_a.options():  # one scorer: the references are tokenised once, not once per run
+        task_b = task_a
     n = len(records_a)
     values_a = bootstrap.values(lambda draws: task_a.resampled(records_a, draws), n)
     values_b = bootstrap.values(lambda draws: task_b.resampled(records_b, draws), n)
